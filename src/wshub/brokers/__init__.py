@@ -1,0 +1,55 @@
+"""Brokers, picked by URL scheme and imported lazily so that `import wshub` needs no engine."""
+
+from __future__ import annotations
+
+import importlib
+from urllib.parse import urlsplit
+
+from wshub.brokers.base import (
+    Broker,
+    BrokerEvents,
+    BrokerState,
+    Publication,
+    PublishResult,
+)
+
+__all__ = [
+    "Broker",
+    "BrokerEvents",
+    "BrokerState",
+    "Publication",
+    "PublishResult",
+    "broker_from_url",
+]
+
+# scheme -> "module:Class"; each engine module takes the URL as its one positional argument.
+_ENGINES = {
+    "memory": "wshub.brokers.memory:MemoryBroker",
+    "redis": "wshub.brokers.redis:RedisBroker",
+    "rediss": "wshub.brokers.redis:RedisBroker",
+    "unix": "wshub.brokers.redis:RedisBroker",
+}
+
+
+def broker_from_url(url: str) -> Broker:
+    """Build the broker an URL names: ``memory://`` or ``redis://host:port/db``.
+
+    Args:
+        url: the broker URL.
+
+    Returns:
+        A broker, not started yet.
+
+    Raises:
+        ValueError: the scheme names no known engine.
+    """
+    scheme = urlsplit(url).scheme or url.rstrip(":/")
+    target = _ENGINES.get(scheme)
+    if target is None:
+        known = ", ".join(sorted(_ENGINES))
+        raise ValueError(f"unknown broker URL scheme {scheme!r} in {url!r}; known: {known}")
+    module_name, _, class_name = target.partition(":")
+    engine = getattr(importlib.import_module(module_name), class_name)
+    if scheme == "memory":
+        return engine()  # type: ignore[no-any-return]
+    return engine(url)  # type: ignore[no-any-return]

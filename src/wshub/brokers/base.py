@@ -1,0 +1,134 @@
+"""The broker interface: how publications travel between processes.
+
+A broker carries publications from `Broker.publish` in any process to
+`BrokerEvents.on_publication` in every process that subscribed to the channel,
+the publishing process included. The hub is its only caller:
+
+- ``start(events)`` once, before anything else; the broker pushes every
+  publication to ``events`` (push, not pull: the hub never polls);
+- ``subscribe(channels)`` when a channel gets its first local member and
+  ``unsubscribe(channels)`` when the last one leaves. Calls for the same channel
+  are made in order and never overlap;
+- ``publish(channel, data)`` with the payload already encoded as JSON bytes.
+
+Guarantees every engine gives:
+
+- Delivery is at most once. A publication may be lost while the broker is
+  disconnected; `publish` then raises `BrokerUnavailable` instead of reaching only
+  local members.
+- Order is kept per channel: every subscriber, in every process, sees one
+  channel's publications in one order, the same everywhere.
+- ``on_publication`` is called on the event loop, synchronously, in that order.
+  It must not block: the hub only enqueues frames there.
+- The ``data`` bytes object is handed on as it is, never copied or re-encoded.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import enum
+from collections.abc import Sequence
+from typing import Protocol
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Publication:
+    """One published message as the broker delivers it.
+
+    Attributes:
+        data: the payload, JSON-encoded once by the publisher.
+        offset: position in the channel's history, when the channel keeps one.
+        origin: the client id of the publishing connection, when there was one.
+    """
+
+    data: bytes
+    offset: int | None = None
+    origin: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PublishResult:
+    """What `Broker.publish` reports back to the publisher.
+
+    Attributes:
+        offset: the publication's history offset, or None without history.
+    """
+
+    offset: int | None = None
+
+
+class BrokerState(enum.StrEnum):
+    """Whether the broker can currently carry publications."""
+
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    CLOSED = "closed"
+
+
+class BrokerEvents(Protocol):
+    """What a broker calls back into; implemented by the hub."""
+
+    def on_publication(self, channel: str, publication: Publication) -> None:
+        """Deliver one publication to local members. Synchronous: enqueue only."""
+
+    def on_state(self, state: BrokerState) -> None:
+        """Report a change of the broker's connection state."""
+
+
+class Broker(abc.ABC):
+    """Carries publications between processes. At most once; order kept per channel."""
+
+    #: The engine's state; engines update it and report changes through `on_state`.
+    state: BrokerState = BrokerState.CONNECTING
+
+    @abc.abstractmethod
+    async def start(self, events: BrokerEvents) -> None:
+        """Connect and start pushing publications to ``events``.
+
+        Args:
+            events: the receiver of publications and state changes.
+
+        Raises:
+            BrokerUnavailable: never; an engine that cannot connect yet reports
+                `BrokerState.DISCONNECTED` and keeps trying.
+        """
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Stop delivering and release every resource. Idempotent."""
+
+    @abc.abstractmethod
+    async def subscribe(self, channels: Sequence[str]) -> None:
+        """Start receiving publications for ``channels`` (their first local member joined).
+
+        Args:
+            channels: channel names; internal names start with ``#``.
+        """
+
+    @abc.abstractmethod
+    async def unsubscribe(self, channels: Sequence[str]) -> None:
+        """Stop receiving publications for ``channels`` (their last local member left)."""
+
+    @abc.abstractmethod
+    async def publish(
+        self, channel: str, data: bytes, *, origin: str | None = None
+    ) -> PublishResult:
+        """Publish JSON-encoded ``data`` to every subscriber of ``channel`` in every process.
+
+        Args:
+            channel: the channel name.
+            data: the payload, JSON-encoded; handed on unchanged.
+            origin: the publishing client's id, carried to subscribers as ``from``.
+
+        Returns:
+            The publication's offset, when the channel keeps history.
+
+        Raises:
+            BrokerUnavailable: the broker cannot carry the publication now.
+        """
+
+    async def ready(self) -> bool:
+        """Tell whether the broker can carry publications right now (readiness probes)."""
+        return self.state is BrokerState.CONNECTED

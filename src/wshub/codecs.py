@@ -1,0 +1,147 @@
+"""Codecs: how objects become frames and frames become objects, per subprotocol.
+
+Three codecs, one per way a connection sees publications:
+
+- `JsonCodec` (subprotocol ``wshub.v1.json``, the default): text frames, protocol
+  envelopes, several frames may be packed into one message separated by ``\\n``;
+- `MsgpackCodec` (``wshub.v1.msgpack``): binary frames, the same objects;
+- `RawJsonCodec` (library mode, such as the seed chat): text frames carrying the
+  published data itself, no envelope, never packed.
+
+Publication payloads arrive as JSON bytes (encoded once by the publisher); the
+JSON envelope is spliced around them without decoding them again.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import msgpack
+import orjson
+
+from wshub.brokers.base import Publication
+from wshub.errors import ErrorCode, ProtocolError
+from wshub.sendqueue import Frame
+
+JSON_SUBPROTOCOL = "wshub.v1.json"
+MSGPACK_SUBPROTOCOL = "wshub.v1.msgpack"
+
+
+def encode_data(data: object) -> bytes:
+    """Encode published data as JSON, once per publication.
+
+    Raises:
+        TypeError: JSON cannot represent ``data`` (orjson.JSONEncodeError is a TypeError).
+    """
+    return orjson.dumps(data)
+
+
+class Codec:
+    """Turns objects into frames and incoming messages into objects.
+
+    Attributes:
+        subprotocol: the WebSocket subprotocol that selects the codec, if any.
+        binary: whether frames are binary (else text).
+        packs: whether several frames may share one WebSocket message.
+        index: a small integer naming the codec, used to cache frames per codec.
+    """
+
+    subprotocol: ClassVar[str | None] = None
+    binary: ClassVar[bool] = False
+    packs: ClassVar[bool] = False
+    index: ClassVar[int] = 0
+
+    def encode(self, obj: object) -> Frame:
+        """Encode one object as a frame."""
+        return Frame.text(orjson.dumps(obj))
+
+    def decode(self, text: str | None, data: bytes | None) -> Any:
+        """Decode one incoming WebSocket message (its ``text`` or its ``bytes``).
+
+        Raises:
+            ProtocolError: ``bad_request`` for a frame of the wrong kind or bad encoding.
+        """
+        if text is None:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "expected a text frame carrying JSON")
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"invalid JSON: {exc}") from None
+
+    def message(self, channel: str, publication: Publication) -> Frame:
+        """Build the frame that delivers ``publication`` on ``channel``."""
+        return Frame.text(publication.data)
+
+
+class RawJsonCodec(Codec):
+    """Library mode: publications arrive as their data, one JSON text frame each."""
+
+    index = 0
+
+
+class JsonCodec(Codec):
+    """Protocol endpoint, ``wshub.v1.json``: JSON envelopes in text frames, packable."""
+
+    subprotocol = JSON_SUBPROTOCOL
+    packs = True
+    index = 1
+
+    def message(self, channel: str, publication: Publication) -> Frame:
+        parts = [b'{"op":"message","channel":', orjson.dumps(channel), b',"data":']
+        parts.append(publication.data)
+        if publication.offset is not None:
+            parts.append(b',"offset":%d' % publication.offset)
+        if publication.origin is not None:
+            parts += (b',"from":', orjson.dumps(publication.origin))
+        parts.append(b"}")
+        return Frame.text(b"".join(parts))
+
+
+class MsgpackCodec(Codec):
+    """Protocol endpoint, ``wshub.v1.msgpack``: the same objects as MessagePack binary frames."""
+
+    subprotocol = MSGPACK_SUBPROTOCOL
+    binary = True
+    index = 2
+
+    def encode(self, obj: object) -> Frame:
+        return Frame.binary(msgpack.packb(obj, use_bin_type=True))
+
+    def decode(self, text: str | None, data: bytes | None) -> Any:
+        if data is None:
+            message = "expected a binary frame carrying MessagePack"
+            raise ProtocolError(ErrorCode.BAD_REQUEST, message)
+        try:
+            return msgpack.unpackb(data, raw=False, strict_map_key=True)
+        except Exception as exc:  # msgpack raises many unrelated types for bad input
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"invalid MessagePack: {exc}") from None
+
+    def message(self, channel: str, publication: Publication) -> Frame:
+        frame: dict[str, Any] = {
+            "op": "message",
+            "channel": channel,
+            "data": orjson.loads(publication.data),
+        }
+        if publication.offset is not None:
+            frame["offset"] = publication.offset
+        if publication.origin is not None:
+            frame["from"] = publication.origin
+        return self.encode(frame)
+
+
+#: One instance of each codec, indexed by `Codec.index`.
+CODECS: tuple[Codec, ...] = (RawJsonCodec(), JsonCodec(), MsgpackCodec())
+RAW_JSON, JSON, MSGPACK = CODECS
+
+
+def codec_for_subprotocols(offered: list[str]) -> Codec:
+    """Pick the protocol endpoint's codec from the client's offered subprotocols.
+
+    The first offered subprotocol wshub knows wins; with none known, JSON.
+    """
+    for name in offered:
+        if name == MSGPACK_SUBPROTOCOL:
+            return MSGPACK
+        if name == JSON_SUBPROTOCOL:
+            return JSON
+    return JSON

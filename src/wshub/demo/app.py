@@ -1,0 +1,39 @@
+"""The demo app: the seed tutorial's chat at /ws/chat, the protocol endpoint at /ws, a page at /.
+
+Run it with ``make run`` or ``wshub serve wshub.demo:app``.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+from fastapi import FastAPI, WebSocket
+from fastapi.responses import HTMLResponse
+
+from wshub.errors import CloseCode
+from wshub.fastapi import mount
+from wshub.hub import Hub
+
+hub = Hub()
+app = FastAPI(title="wshub demo", lifespan=hub.lifespan)
+mount(app, hub, "/ws")
+
+
+@app.websocket("/ws/chat")
+async def chat(ws: WebSocket) -> None:
+    """The seed tutorial's chat, unchanged on the wire: ``{"user","text"}`` in and out."""
+    async with hub.connect(ws) as conn:
+        await conn.subscribe("chat")
+        async for data in conn.iter_json():
+            if not isinstance(data, dict):
+                conn.close(CloseCode.POLICY_VIOLATION, "expected a JSON object")
+                break
+            await hub.publish(
+                "chat", {"user": data.get("user", "anon"), "text": data.get("text", "")}
+            )
+
+
+@app.get("/", response_class=HTMLResponse)
+async def index() -> str:
+    """The demo chat page."""
+    return (files("wshub.demo") / "static" / "index.html").read_text()

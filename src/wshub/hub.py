@@ -1,0 +1,502 @@
+"""Hub: the registries (channel -> connections, user -> connections), publish and fan-out.
+
+Publishing goes through the broker even within one process, so that one code
+path serves one worker and fifty: `Hub.publish` encodes the data once, the
+broker hands the bytes to `Hub.on_publication` in every subscribed process,
+and there each local member gets the same frame enqueued. Fan-out is a plain
+synchronous loop: no task, future or socket write per recipient.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import secrets
+import weakref
+from collections.abc import AsyncIterator, Iterable
+from types import TracebackType
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from wshub.brokers import Broker, BrokerState, Publication, PublishResult, broker_from_url
+from wshub.channels import (
+    BROADCAST_CHANNEL,
+    MAX_CHANNEL_LENGTH,
+    USER_CHANNEL_PREFIX,
+    is_valid_channel,
+    user_channel,
+)
+from wshub.codecs import CODECS, RAW_JSON, Codec, encode_data
+from wshub.connection import Connection, ConnectionState
+from wshub.errors import CloseCode, ErrorCode, ProtocolError, PublishError
+from wshub.protocol import PING
+from wshub.sendqueue import Frame, OverflowPolicy, SendQueue
+from wshub.settings import Settings
+
+logger = logging.getLogger("wshub.hub")
+
+_RUNNING: weakref.WeakSet[Hub] = weakref.WeakSet()
+
+
+def running_hubs() -> list[Hub]:
+    """Return the hubs started in this process and not closed yet (for the server's shutdown)."""
+    return list(_RUNNING)
+
+
+@dataclasses.dataclass
+class HubStats:
+    """Counters since the hub started.
+
+    Attributes:
+        connections: connections accepted.
+        publications: publications received from the broker.
+        deliveries: frames enqueued to local connections by fan-out.
+        overflows: connections closed with 4008 because their queue overflowed.
+        dropped: frames dropped by the drop_oldest / drop_newest policies (closed connections).
+    """
+
+    connections: int = 0
+    publications: int = 0
+    deliveries: int = 0
+    overflows: int = 0
+    dropped: int = 0
+
+
+class Hub:
+    """The connection registry and router of one process.
+
+    Args:
+        broker: a `Broker`, or a broker URL; defaults to ``settings.broker`` (``memory://``).
+        settings: the settings; by default read from ``WSHUB_*`` environment variables.
+        **overrides: settings fields to override, e.g. ``queue_max_messages=100``.
+
+    Use ``FastAPI(lifespan=hub.lifespan)`` so the broker starts and stops with the app.
+    """
+
+    def __init__(
+        self,
+        broker: Broker | str | None = None,
+        *,
+        settings: Settings | None = None,
+        **overrides: Any,
+    ) -> None:
+        if settings is None:
+            settings = Settings(**overrides)
+        elif overrides:
+            settings = settings.model_copy(update=overrides)
+        self.settings = settings
+        if broker is None or isinstance(broker, str):
+            broker = broker_from_url(broker or settings.broker)
+        self.broker = broker
+        self.broker_state = BrokerState.CONNECTING
+        self.stats = HubStats()
+        self._connections: dict[str, Connection] = {}
+        self._heartbeats: dict[Connection, None] = {}
+        self._channels: dict[str, dict[Connection, None]] = {}
+        self._users: dict[str, dict[Connection, None]] = {}
+        self._subscribed: set[str] = set()
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        self._started = False
+        self._draining = False
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._emptied: asyncio.Event | None = None
+
+    # -- life -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the broker and the heartbeat. Idempotent."""
+        if self._started:
+            return
+        self._started = True
+        self._draining = False
+        self._emptied = asyncio.Event()
+        await self.broker.start(self)
+        self._subscribed.add(BROADCAST_CHANNEL)
+        await self.broker.subscribe([BROADCAST_CHANNEL])
+        self._heartbeat_task = asyncio.get_running_loop().create_task(
+            self._heartbeat_loop(), name="wshub-heartbeat"
+        )
+        _RUNNING.add(self)
+
+    async def close(self) -> None:
+        """Close every connection (1001, after draining), then stop the broker. Idempotent."""
+        if not self._started:
+            return
+        await self.shutdown_connections()
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat_task
+        await self.broker.close()
+        self._subscribed.clear()
+        self._started = False
+        _RUNNING.discard(self)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: object = None) -> AsyncIterator[None]:
+        """FastAPI/Starlette lifespan: ``FastAPI(lifespan=hub.lifespan)``."""
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.close()
+
+    async def shutdown_connections(
+        self,
+        code: int = CloseCode.GOING_AWAY,
+        reason: str = "server shutting down",
+        drain_timeout: float | None = None,
+    ) -> None:
+        """Refuse new connections and close every open one after its queue drains.
+
+        Args:
+            code: the close code, 1001 by default.
+            reason: the close reason.
+            drain_timeout: seconds to wait for queues to drain; defaults to ``shutdown_timeout``.
+        """
+        self._draining = True
+        if not self._connections:
+            return
+        timeout = self.settings.shutdown_timeout if drain_timeout is None else drain_timeout
+        for conn in list(self._connections.values()):
+            conn.close(code, reason, timeout=timeout)
+        assert self._emptied is not None
+        try:
+            await asyncio.wait_for(self._emptied.wait(), timeout + 1.0)
+        except TimeoutError:
+            logger.warning("%d connection(s) still open after shutdown", len(self._connections))
+
+    @property
+    def ready(self) -> bool:
+        """True when the hub accepts connections and its broker is connected."""
+        return self._started and not self._draining and self.broker_state is BrokerState.CONNECTED
+
+    # -- connections ----------------------------------------------------------------------
+
+    def connect(
+        self,
+        websocket: WebSocket,
+        *,
+        user: str | None = None,
+        codec: Codec = RAW_JSON,
+        subprotocol: str | None = None,
+        heartbeat: bool = False,
+        reader: bool = True,
+        queue_max_messages: int | None = None,
+        queue_max_bytes: int | None = None,
+        overflow_policy: OverflowPolicy | None = None,
+    ) -> ConnectContext:
+        """Accept a WebSocket and manage it for the duration of an ``async with`` block.
+
+        The block gets the `Connection`. On entry the socket is accepted, registered
+        and its writer started; on exit, for any reason, it is flushed, closed and
+        removed from every registry. A handler that returns closes with 1000, one that
+        raises closes with 1011 (the exception propagates).
+
+        Args:
+            websocket: the Starlette/FastAPI WebSocket, not accepted yet.
+            user: the user this connection belongs to, for `send_to_user`.
+            codec: how frames are encoded; library mode sends data as JSON text.
+            subprotocol: the subprotocol to accept with.
+            heartbeat: send ``{"op":"ping"}`` and expect pongs (protocol endpoint).
+            reader: read the socket in a task of its own, for ``conn.iter_*()``.
+            queue_max_messages, queue_max_bytes, overflow_policy: per-connection
+                overrides of the hub's send-queue settings.
+        """
+        s = self.settings
+        queue = SendQueue(
+            queue_max_messages or s.queue_max_messages,
+            queue_max_bytes or s.queue_max_bytes,
+            overflow_policy or s.overflow_policy,
+        )
+        return ConnectContext(self, websocket, user, codec, subprotocol, heartbeat, reader, queue)
+
+    async def _attach(self, conn: Connection, subprotocol: str | None, heartbeat: bool) -> None:
+        if not self._started:
+            raise RuntimeError(
+                "the hub is not started: create the app with FastAPI(lifespan=hub.lifespan)"
+            )
+        await conn._open(subprotocol)
+        if self._draining:
+            conn.close(CloseCode.GOING_AWAY, "server shutting down")
+            return
+        self.stats.connections += 1
+        self._connections[conn.id] = conn
+        assert self._emptied is not None
+        self._emptied.clear()
+        if heartbeat:
+            conn.heartbeat = True
+            conn.ping_due = asyncio.get_running_loop().time() + self.settings.ping_interval
+            self._heartbeats[conn] = None
+        if conn.user is not None:
+            members = self._users.setdefault(conn.user, {})
+            members[conn] = None
+            if len(members) == 1:
+                await self._sync_broker(user_channel(conn.user))
+
+    async def _detach(self, conn: Connection) -> None:
+        if self._connections.pop(conn.id, None) is None:
+            return
+        self._heartbeats.pop(conn, None)
+        self.stats.dropped += conn.queue.dropped
+        emptied = [ch for ch in conn.channels if self._remove_member(self._channels, ch, conn)]
+        conn.channels.clear()
+        if conn.user is not None and self._remove_member(self._users, conn.user, conn):
+            emptied.append(user_channel(conn.user))
+        if not self._connections and self._emptied is not None:
+            self._emptied.set()
+        for channel in emptied:
+            await self._sync_broker(channel)
+
+    @staticmethod
+    def _remove_member(
+        registry: dict[str, dict[Connection, None]], key: str, conn: Connection
+    ) -> bool:
+        members = registry.get(key)
+        if members is None:
+            return False
+        members.pop(conn, None)
+        if members:
+            return False
+        del registry[key]
+        return True
+
+    @property
+    def connection_count(self) -> int:
+        """Connections open in this process."""
+        return len(self._connections)
+
+    @property
+    def channel_count(self) -> int:
+        """Channels with at least one local member."""
+        return len(self._channels)
+
+    def connections(self) -> list[Connection]:
+        """The connections open in this process."""
+        return list(self._connections.values())
+
+    def subscribers(self, channel: str) -> list[Connection]:
+        """The local members of ``channel``."""
+        return list(self._channels.get(channel, ()))
+
+    def user_connections(self, user: str) -> list[Connection]:
+        """The local connections of ``user``."""
+        return list(self._users.get(user, ()))
+
+    # -- subscriptions ---------------------------------------------------------------------
+
+    async def subscribe(self, conn: Connection, channel: str) -> bool:
+        """Make ``conn`` a member of ``channel``; subscribe the broker for its first member.
+
+        Returns:
+            False when ``conn`` was already a member or is closing.
+
+        Raises:
+            ProtocolError: ``bad_request`` for an invalid name or past ``max_subscriptions``.
+        """
+        if not is_valid_channel(channel):
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST, f"invalid channel name (1 to {MAX_CHANNEL_LENGTH} chars)"
+            )
+        if conn.state is not ConnectionState.OPEN or channel in conn.channels:
+            return False
+        limit = self.settings.max_subscriptions
+        if len(conn.channels) >= limit:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"subscription limit reached ({limit})")
+        conn.channels.add(channel)
+        self._channels.setdefault(channel, {})[conn] = None
+        if channel not in self._subscribed:
+            await self._sync_broker(channel)
+        return True
+
+    async def unsubscribe(self, conn: Connection, channel: str) -> bool:
+        """Remove ``conn`` from ``channel``; unsubscribe the broker when it was the last member.
+
+        Returns:
+            False when ``conn`` was not a member.
+        """
+        if channel not in conn.channels:
+            return False
+        conn.channels.discard(channel)
+        if self._remove_member(self._channels, channel, conn):
+            await self._sync_broker(channel)
+        return True
+
+    def _wanted(self, channel: str) -> bool:
+        if channel == BROADCAST_CHANNEL:
+            return self._started
+        if channel.startswith(USER_CHANNEL_PREFIX):
+            return channel[len(USER_CHANNEL_PREFIX) :] in self._users
+        return channel in self._channels
+
+    async def _sync_broker(self, channel: str) -> None:
+        """Bring the broker's subscription to ``channel`` in line with local membership.
+
+        Calls for one channel are serialised by a lock that lives only while in use,
+        so a quick leave-and-rejoin can never leave the broker unsubscribed.
+        """
+        entry = self._locks.get(channel)
+        if entry is None:
+            entry = self._locks[channel] = (asyncio.Lock(), [0])
+        entry[1][0] += 1
+        try:
+            async with entry[0]:
+                wanted, have = self._wanted(channel), channel in self._subscribed
+                if wanted and not have:
+                    await self.broker.subscribe([channel])
+                    self._subscribed.add(channel)
+                elif have and not wanted:
+                    self._subscribed.discard(channel)
+                    await self.broker.unsubscribe([channel])
+        finally:
+            entry[1][0] -= 1
+            if not entry[1][0]:
+                del self._locks[channel]
+
+    # -- publishing ------------------------------------------------------------------------
+
+    async def publish(
+        self, channel: str, data: object, *, origin: str | None = None
+    ) -> PublishResult:
+        """Publish ``data`` to every member of ``channel`` in every process.
+
+        Args:
+            channel: the channel name.
+            data: any JSON-representable value; encoded once, here.
+            origin: the publishing connection's id, sent to subscribers as ``from``.
+
+        Returns:
+            The broker's result (the offset, when the channel keeps history).
+
+        Raises:
+            PublishError: JSON cannot represent ``data``.
+            ValueError: the channel name is invalid.
+            BrokerUnavailable: the broker is down; nobody received the publication.
+        """
+        if not is_valid_channel(channel):
+            raise ValueError(f"invalid channel name {channel!r}")
+        return await self._publish(channel, data, origin)
+
+    async def send_to_user(self, user: str, data: object) -> PublishResult:
+        """Send ``data`` to every connection of ``user``, in every process.
+
+        Protocol clients receive it as a message on channel ``#user:<user>``.
+        """
+        return await self._publish(user_channel(user), data, None)
+
+    async def broadcast(self, data: object) -> PublishResult:
+        """Send ``data`` to every connection of every process (protocol channel ``#all``)."""
+        return await self._publish(BROADCAST_CHANNEL, data, None)
+
+    async def _publish(self, channel: str, data: object, origin: str | None) -> PublishResult:
+        try:
+            payload = encode_data(data)
+        except TypeError as exc:
+            raise PublishError(f"data cannot be encoded as JSON: {exc}") from None
+        return await self.broker.publish(channel, payload, origin=origin)
+
+    def on_publication(self, channel: str, publication: Publication) -> None:
+        """Fan a publication out to local members (`BrokerEvents`); never blocks."""
+        self.stats.publications += 1
+        members: Iterable[Connection] | None
+        if channel[0] != "#":
+            members = self._channels.get(channel)
+        elif channel == BROADCAST_CHANNEL:
+            members = self._connections.values()
+        else:
+            members = self._users.get(channel[len(USER_CHANNEL_PREFIX) :])
+        if not members:
+            return
+        frames: list[Frame | None] = [None] * len(CODECS)
+        count = 0
+        for conn in members:
+            index = conn.codec.index
+            frame = frames[index]
+            if frame is None:
+                frame = frames[index] = conn.codec.message(channel, publication)
+            conn.enqueue(frame)
+            count += 1
+        self.stats.deliveries += count
+
+    def on_state(self, state: BrokerState) -> None:
+        """Record the broker's state (`BrokerEvents`)."""
+        if state is not self.broker_state:
+            logger.info("broker %s", state.value)
+        self.broker_state = state
+
+    # -- heartbeat -------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        s = self.settings
+        tick = min(1.0, s.ping_interval / 4, s.pong_timeout / 4)
+        pings = [codec.encode(PING) for codec in CODECS]
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(tick)
+            now = loop.time()
+            for conn in self._heartbeats:
+                if conn.pong_deadline is not None:
+                    if now >= conn.pong_deadline:
+                        conn.close(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout", drain=False)
+                elif now >= conn.ping_due:
+                    conn.enqueue(pings[conn.codec.index])
+                    conn.pong_deadline = now + s.pong_timeout
+                    conn.ping_due = now + s.ping_interval
+
+
+class ConnectContext:
+    """The ``async with hub.connect(ws) as conn`` block; see `Hub.connect`."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        websocket: WebSocket,
+        user: str | None,
+        codec: Codec,
+        subprotocol: str | None,
+        heartbeat: bool,
+        reader: bool,
+        queue: SendQueue,
+    ) -> None:
+        self._hub = hub
+        self._subprotocol = subprotocol
+        self._heartbeat = heartbeat
+        self._reader = reader
+        self.connection = Connection(
+            hub, websocket, id=secrets.token_hex(8), user=user, codec=codec, queue=queue
+        )
+
+    async def __aenter__(self) -> Connection:
+        conn = self.connection
+        await self._hub._attach(conn, self._subprotocol, self._heartbeat)
+        if self._reader:
+            conn.start_reader()
+        else:
+            conn._owner = asyncio.current_task()
+        return conn
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        conn = self.connection
+        suppress = False
+        if isinstance(exc, asyncio.CancelledError) and conn.aborted:
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            suppress, exc = True, None
+        elif isinstance(exc, WebSocketDisconnect):
+            suppress, exc = True, None
+        try:
+            await conn._finish(exc)
+        finally:
+            await self._hub._detach(conn)
+        if exc is not None and not isinstance(exc, asyncio.CancelledError):
+            logger.error("connection %s: handler raised %r; closed with 1011", conn.id, exc)
+        return suppress

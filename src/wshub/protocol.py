@@ -1,0 +1,166 @@
+"""Wire protocol v1, Sans-I/O: decoded client frames in, commands out; replies and pushes built.
+
+Client frames are JSON objects (or MessagePack maps) with an ``op``; the server
+answers a request carrying an ``id`` with ``{"id":..,"result":{..}}`` or
+``{"id":..,"error":{"code":..,"message":..}}``. A request without an ``id`` gets
+no success reply, only an error frame if it fails. See DESIGN.md for the tables.
+
+Nothing here touches a socket or an event loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+from wshub.channels import MAX_CHANNEL_LENGTH, is_valid_channel
+from wshub.errors import ErrorCode, ProtocolError
+
+PROTOCOL_VERSION = 1
+MAX_ID_LENGTH = 64
+MAX_REASON_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes, 2 of them the code
+
+PING: dict[str, Any] = {"op": "ping"}
+
+
+class Op(enum.StrEnum):
+    """Operations a client may send."""
+
+    SUBSCRIBE = "subscribe"
+    UNSUBSCRIBE = "unsubscribe"
+    PUBLISH = "publish"
+    PONG = "pong"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Command:
+    """One parsed client frame.
+
+    Attributes:
+        op: the operation.
+        id: the client's request id, echoed in the reply; None asks for no success reply.
+        channel: the channel, for ops that name one.
+        data: the published data, for ``publish``.
+        since: the last offset the client saw, for ``subscribe`` with recovery.
+        epoch: the history epoch the client saw ``since`` in.
+    """
+
+    op: Op
+    id: int | str | None = None
+    channel: str | None = None
+    data: Any = None
+    since: int | None = None
+    epoch: str | None = None
+
+
+def parse_command(frame: object) -> Command:
+    """Validate a decoded client frame and turn it into a `Command`.
+
+    Args:
+        frame: the decoded JSON or MessagePack value.
+
+    Returns:
+        The command.
+
+    Raises:
+        ProtocolError: ``bad_request``, with a message naming the problem and the
+            frame's id when it had a usable one.
+    """
+    if not isinstance(frame, dict):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "a frame must be an object")
+    request_id = _request_id(frame.get("id"))
+    op_name = frame.get("op")
+    try:
+        op = Op(op_name) if isinstance(op_name, str) else Op("")
+    except ValueError:
+        known = ", ".join(op.value for op in Op)
+        message = f"unknown op {op_name!r}; known ops: {known}"
+        raise ProtocolError(ErrorCode.BAD_REQUEST, message, request_id) from None
+    if op is Op.PONG:
+        return Command(op, request_id)
+    channel = _channel(frame, request_id)
+    if op is Op.PUBLISH:
+        if "data" not in frame:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "publish needs 'data'", request_id)
+        return Command(op, request_id, channel, data=frame["data"])
+    if op is Op.SUBSCRIBE:
+        since = _optional(frame, "since", int, request_id)
+        if since is not None and since < 0:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "'since' must be >= 0", request_id)
+        epoch = _optional(frame, "epoch", str, request_id)
+        return Command(op, request_id, channel, since=since, epoch=epoch)
+    return Command(op, request_id, channel)
+
+
+def _request_id(value: object) -> int | str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "'id' must be an integer or a string")
+    if isinstance(value, str) and len(value) > MAX_ID_LENGTH:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"'id' is longer than {MAX_ID_LENGTH}")
+    return value
+
+
+def _channel(frame: dict[Any, Any], request_id: int | str | None) -> str:
+    channel = frame.get("channel")
+    if not isinstance(channel, str):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "'channel' must be a string", request_id)
+    if not is_valid_channel(channel):
+        message = (
+            f"invalid channel name: 1 to {MAX_CHANNEL_LENGTH} characters "
+            "from A-Z a-z 0-9 _ - : . @ / = +"
+        )
+        raise ProtocolError(ErrorCode.BAD_REQUEST, message, request_id)
+    return channel
+
+
+def _optional(
+    frame: dict[Any, Any], name: str, kind: type[int] | type[str], request_id: int | str | None
+) -> Any:
+    value = frame.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, kind):
+        message = f"'{name}' must be {'an integer' if kind is int else 'a string'}"
+        raise ProtocolError(ErrorCode.BAD_REQUEST, message, request_id)
+    return value
+
+
+def reply(request_id: int | str, result: dict[str, Any]) -> dict[str, Any]:
+    """Build a success reply."""
+    return {"id": request_id, "result": result}
+
+
+def error_reply(request_id: int | str | None, code: ErrorCode, message: str) -> dict[str, Any]:
+    """Build a failure reply; ``request_id`` is left out when the frame had none."""
+    frame: dict[str, Any] = {} if request_id is None else {"id": request_id}
+    frame["error"] = {"code": code.value, "message": message}
+    return frame
+
+
+def welcome(client: str, user: str | None, ping_interval: float) -> dict[str, Any]:
+    """Build the first frame after accept.
+
+    Args:
+        client: the connection's id.
+        user: the authenticated user, or None for anonymous connections.
+        ping_interval: seconds between server pings (the client's watchdog uses it).
+    """
+    ping = int(ping_interval) if float(ping_interval).is_integer() else ping_interval
+    return {
+        "op": "welcome",
+        "client": client,
+        "user": user,
+        "ping": ping,
+        "version": PROTOCOL_VERSION,
+    }
+
+
+def truncate_reason(reason: str, limit: int = MAX_REASON_BYTES) -> str:
+    """Cut a close reason to ``limit`` bytes of UTF-8 without splitting a character."""
+    encoded = reason.encode()
+    if len(encoded) <= limit:
+        return reason
+    return encoded[:limit].decode(errors="ignore")

@@ -1,0 +1,64 @@
+"""Settings, from arguments or ``WSHUB_*`` environment variables (pydantic-settings).
+
+Every limit has a default here, a setting (``WSHUB_<NAME>``) and a test at the limit.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from wshub.sendqueue import OverflowPolicy
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+class Settings(BaseSettings):
+    """Hub and server settings. Environment variables are ``WSHUB_`` plus the name in capitals.
+
+    Attributes:
+        broker: broker URL: ``memory://`` (one process) or ``redis://host:port/db``.
+        host, port, workers, log_level: what `wshub serve` listens on and how it logs.
+        max_message_size: largest incoming WebSocket message in bytes; larger closes 1009.
+        queue_max_messages, queue_max_bytes: bounds of each connection's send queue.
+        overflow_policy: what a full send queue does: disconnect (4008), drop_oldest, drop_newest.
+        pack_max_bytes: largest packed message the protocol endpoint's writer builds.
+        ping_interval, pong_timeout: protocol endpoint heartbeat: ``{"op":"ping"}`` every
+            ``ping_interval`` s, close 4009 when no pong comes within ``pong_timeout`` s.
+        ws_ping_interval, ws_ping_timeout: WebSocket protocol pings sent by the server
+            (uvicorn), the liveness check of library-mode endpoints.
+        max_subscriptions: channels one connection may be subscribed to at once.
+        max_inbound_messages: library mode: messages received but not yet consumed by the
+            endpoint's loop; a client that outruns its handler by more is closed with 4029.
+        close_timeout: seconds a close may take (queue flush included) before the
+            connection is dropped without one.
+        shutdown_timeout: seconds graceful shutdown waits for queues to drain.
+        per_message_deflate: WebSocket compression; off by default (memory per connection,
+            compression bombs, secrets leaking through compressed sizes).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="WSHUB_", extra="ignore")
+
+    broker: str = "memory://"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1)
+    log_level: str = "info"
+
+    max_message_size: int = Field(default=64 * KIB, ge=1)
+    queue_max_messages: int = Field(default=1000, ge=1)
+    queue_max_bytes: int = Field(default=1 * MIB, ge=1)
+    overflow_policy: OverflowPolicy = OverflowPolicy.DISCONNECT
+    pack_max_bytes: int = Field(default=64 * KIB, ge=1)
+
+    ping_interval: float = Field(default=25.0, gt=0)
+    pong_timeout: float = Field(default=10.0, gt=0)
+    ws_ping_interval: float = Field(default=20.0, gt=0)
+    ws_ping_timeout: float = Field(default=20.0, gt=0)
+
+    max_subscriptions: int = Field(default=128, ge=1)
+    max_inbound_messages: int = Field(default=256, ge=1)
+    close_timeout: float = Field(default=5.0, gt=0)
+    shutdown_timeout: float = Field(default=10.0, gt=0)
+    per_message_deflate: bool = False
