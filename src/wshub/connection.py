@@ -27,10 +27,11 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketState
 
 from wshub.codecs import Codec
 from wshub.errors import CloseCode
+from wshub.limits import TokenBucket
 from wshub.protocol import truncate_reason
 from wshub.sendqueue import Frame, SendQueue
 
@@ -60,6 +61,8 @@ class Connection:
     Attributes:
         id: the connection's id, unique within the process.
         user: the user it authenticated as, or None.
+        info: public information about the user (from the token), or None.
+        expires_at: Unix time when its credentials expire, or None.
         codec: how frames are encoded for this client.
         state: the `ConnectionState`.
         channels: the channels it is subscribed to.
@@ -82,6 +85,8 @@ class Connection:
         self.websocket = websocket
         self.id = id
         self.user = user
+        self.info: dict[str, Any] | None = None
+        self.expires_at: float | None = None
         self.codec = codec
         self.queue = queue
         self.state = ConnectionState.CONNECTING
@@ -272,16 +277,25 @@ class Connection:
         self._reader = self._loop.create_task(self._read_loop(self._inbound))
 
     async def _read_loop(self, inbound: asyncio.Queue[Message]) -> None:
-        limit = self.hub.settings.max_inbound_messages
+        s = self.hub.settings
+        clock = self._loop.time
+        bucket = TokenBucket(s.rate_limit, s.rate_burst, clock())
         try:
             while True:
                 message = await self.receive()
                 if message["type"] == "websocket.disconnect":
                     return
-                if inbound.qsize() >= limit:
+                if inbound.qsize() >= s.max_inbound_messages:
                     self.close(CloseCode.RATE_LIMITED, "too many frames: the server is behind")
                     return
-                inbound.put_nowait(message)
+                if bucket.take(clock()):
+                    inbound.put_nowait(message)
+                    continue
+                # Library endpoints have no error frame: drop, and close if it goes on.
+                self.hub.stats.rate_limited += 1
+                if bucket.strikes >= s.rate_limit_strikes:
+                    self.close(CloseCode.RATE_LIMITED, "rate limited: too many frames")
+                    return
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a transport error while reading is a lost client
@@ -347,7 +361,8 @@ class Connection:
     # -- life ------------------------------------------------------------------------------
 
     async def _open(self, subprotocol: str | None) -> None:
-        await self.websocket.accept(subprotocol=subprotocol)
+        if self.websocket.client_state is WebSocketState.CONNECTING:
+            await self.websocket.accept(subprotocol=subprotocol)
         self.state = ConnectionState.OPEN
         self._writer = self._loop.create_task(self._write_loop(), name=f"wshub-writer-{self.id}")
 

@@ -4,20 +4,31 @@ A table maps each op to a handler; a handler returns the reply's ``result`` or
 raises `ProtocolError`. The endpoint's loop reads one frame at a time and every
 handler is quick (at most a broker round trip), so the socket is always read
 and a client's frames are answered in the order it sent them.
+
+Authentication, when the hub has an authenticator: a token in the handshake
+(header, cookie, query) settles the identity before ``welcome``; without one,
+the first frame must be ``{"op":"connect","token":...}`` within ``auth_timeout``
+(``{"op":"connect"}`` without a token, or any other first frame, is let in as
+anonymous only when anonymous access is allowed). Failures close with 4001.
+Without an authenticator every connection is anonymous and ``welcome`` comes
+at once; a ``connect`` frame after ``welcome`` is a no-op.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.websockets import WebSocket
 
-from wshub.codecs import codec_for_subprotocols
-from wshub.connection import Connection, ConnectionState
-from wshub.errors import BrokerUnavailable, ErrorCode, ProtocolError, PublishError
+from wshub.auth import ANONYMOUS, AuthError, Identity
+from wshub.codecs import Codec, codec_for_subprotocols
+from wshub.connection import Connection, ConnectionState, Message
+from wshub.errors import BrokerUnavailable, CloseCode, ErrorCode, ProtocolError, PublishError
 from wshub.hub import Hub
+from wshub.limits import TokenBucket
 from wshub.protocol import Command, Op, error_reply, parse_command, reply, welcome
 
 logger = logging.getLogger("wshub.endpoint")
@@ -42,24 +53,118 @@ class ProtocolEndpoint:
             Op.UNSUBSCRIBE: self.handle_unsubscribe,
             Op.PUBLISH: self.handle_publish,
             Op.PONG: self.handle_pong,
+            Op.CONNECT: self.handle_connect,
+            Op.REFRESH: self.handle_refresh,
         }
 
     async def __call__(self, websocket: WebSocket) -> None:
         offered = list(websocket.scope.get("subprotocols") or [])
         codec = codec_for_subprotocols(offered)
         subprotocol = codec.subprotocol if codec.subprotocol in offered else None
+        try:
+            identity = await self._handshake_identity(websocket)
+        except AuthError as exc:
+            await self._refuse(websocket, subprotocol, exc.reason)
+            return
         context = self.hub.connect(
-            websocket, codec=codec, subprotocol=subprotocol, heartbeat=True, reader=False
+            websocket,
+            identity=identity,
+            codec=codec,
+            subprotocol=subprotocol,
+            heartbeat=True,
+            reader=False,
         )
         async with context as conn:
             if conn.state is not ConnectionState.OPEN:
                 return
-            conn.send(welcome(conn.id, conn.user, self.hub.settings.ping_interval))
-            while True:
-                message = await conn.receive()
-                if message["type"] == "websocket.disconnect":
+            pending: Message | None = None
+            if identity is None:
+                settled = await self._first_frame_identity(conn)
+                if settled is None:
                     return
+                identity, pending = settled
+                if not await self.hub.identify(conn, identity):
+                    return
+            conn.send(welcome(conn.id, conn.user, self.hub.settings.ping_interval))
+            if pending is not None:
+                await self.handle(conn, pending)
+            await self._serve(conn)
+
+    async def _serve(self, conn: Connection) -> None:
+        """Read and answer frames until the connection ends, within the rate limit."""
+        s = self.hub.settings
+        clock = asyncio.get_running_loop().time
+        bucket = TokenBucket(s.rate_limit, s.rate_burst, clock())
+        while True:
+            message = await conn.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if bucket.take(clock()):
                 await self.handle(conn, message)
+                continue
+            self.hub.stats.rate_limited += 1
+            if bucket.strikes >= s.rate_limit_strikes:
+                conn.close(CloseCode.RATE_LIMITED, "rate limited: too many frames", drain=False)
+                return
+            conn.send(error_reply(None, ErrorCode.RATE_LIMITED, "too many frames; slow down"))
+
+    async def _handshake_identity(self, websocket: WebSocket) -> Identity | None:
+        """The identity the handshake settles, or None to wait for a ``connect`` frame."""
+        auth = self.hub.auth
+        if auth is None:
+            return ANONYMOUS
+        return await auth(websocket)
+
+    async def _refuse(self, websocket: WebSocket, subprotocol: str | None, reason: str) -> None:
+        self.hub.stats.auth_failures += 1
+        await websocket.accept(subprotocol=subprotocol)
+        await websocket.close(CloseCode.UNAUTHORIZED, reason)
+
+    async def _first_frame_identity(
+        self, conn: Connection
+    ) -> tuple[Identity, Message | None] | None:
+        """Wait for the first frame and authenticate it.
+
+        Returns:
+            The identity and, when the first frame was not ``connect``, that frame
+            (to be handled next); None when the connection was closed with 4001.
+        """
+        auth = self.hub.auth
+        assert auth is not None
+        try:
+            message = await asyncio.wait_for(conn.receive(), self.hub.settings.auth_timeout)
+        except TimeoutError:
+            self._unauthorized(conn, "authentication timeout")
+            return None
+        if message["type"] == "websocket.disconnect":
+            return None
+        token, is_connect = self._connect_token(conn.codec, message)
+        if token is not None:
+            try:
+                return await auth.verify(token), None
+            except AuthError as exc:
+                self._unauthorized(conn, exc.reason)
+                return None
+        if not auth.allow_anonymous:
+            self._unauthorized(conn, "missing token" if is_connect else "expected connect")
+            return None
+        return ANONYMOUS, None if is_connect else message
+
+    @staticmethod
+    def _connect_token(codec: Codec, message: Message) -> tuple[str | None, bool]:
+        """Return the token of a ``connect`` frame and whether the frame was one."""
+        try:
+            frame = codec.decode(message.get("text"), message.get("bytes"))
+        except ProtocolError:
+            return None, False
+        if not isinstance(frame, dict) or frame.get("op") != Op.CONNECT:
+            return None, False
+        token = frame.get("token")
+        return (token if isinstance(token, str) and token else None), True
+
+    def _unauthorized(self, conn: Connection, reason: str) -> None:
+        self.hub.stats.auth_failures += 1
+        conn.close(CloseCode.UNAUTHORIZED, reason, drain=False)
 
     async def handle(self, conn: Connection, message: dict[str, Any]) -> None:
         """Decode, run and answer one client message. Never raises for bad input."""
@@ -84,6 +189,7 @@ class ProtocolEndpoint:
     async def handle_subscribe(self, conn: Connection, command: Command) -> Result:
         """``subscribe``: join a channel. Recovery (``since``) needs history (not kept yet)."""
         assert command.channel is not None
+        await self.hub.permissions.check_subscribe(conn.user, command.channel)
         await self.hub.subscribe(conn, command.channel)
         if command.since is not None:
             return {"recovered": False, "messages": []}
@@ -98,6 +204,7 @@ class ProtocolEndpoint:
     async def handle_publish(self, conn: Connection, command: Command) -> Result:
         """``publish``: send data to every member of a channel, in every process."""
         assert command.channel is not None
+        await self.hub.permissions.check_publish(conn.user, command.channel, command.data)
         try:
             result = await self.hub.publish(command.channel, command.data, origin=conn.id)
         except PublishError as exc:
@@ -108,3 +215,23 @@ class ProtocolEndpoint:
         """``pong``: the client is alive; no reply."""
         conn.pong_deadline = None
         return None
+
+    async def handle_connect(self, conn: Connection, command: Command) -> Result:
+        """``connect`` after ``welcome``: the identity is settled already; a no-op."""
+        return {}
+
+    async def handle_refresh(self, conn: Connection, command: Command) -> Result:
+        """``refresh``: new credentials for the same user push the expiry back."""
+        auth = self.hub.auth
+        if auth is None:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "authentication is off", command.id)
+        assert command.token is not None
+        try:
+            identity = await auth.verify(command.token)
+        except AuthError as exc:
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, exc.reason, command.id) from None
+        if identity.user != conn.user:
+            message = "the token is for another user"
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, message, command.id)
+        self.hub.set_expiry(conn, identity.expires_at)
+        return {"expires": identity.expires_at}

@@ -14,13 +14,22 @@ import contextlib
 import dataclasses
 import logging
 import secrets
+import time
 import weakref
 from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
 from typing import Any
 
+from starlette.exceptions import WebSocketException
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from wshub.auth import (
+    ANONYMOUS,
+    Authenticator,
+    Identity,
+    authenticator_from_settings,
+    websocket_identity,
+)
 from wshub.brokers import Broker, BrokerState, Publication, PublishResult, broker_from_url
 from wshub.channels import (
     BROADCAST_CHANNEL,
@@ -32,6 +41,8 @@ from wshub.channels import (
 from wshub.codecs import CODECS, RAW_JSON, Codec, encode_data
 from wshub.connection import Connection, ConnectionState
 from wshub.errors import CloseCode, ErrorCode, ProtocolError, PublishError
+from wshub.logs import install_redaction
+from wshub.permissions import Namespace, Permissions, PublishHook, SubscribeHook
 from wshub.protocol import PING
 from wshub.sendqueue import Frame, OverflowPolicy, SendQueue
 from wshub.settings import Settings
@@ -56,6 +67,9 @@ class HubStats:
         deliveries: frames enqueued to local connections by fan-out.
         overflows: connections closed with 4008 because their queue overflowed.
         dropped: frames dropped by the drop_oldest / drop_newest policies (closed connections).
+        refused: connections closed with 1013 by the connection limits.
+        auth_failures: connections closed with 4001 (bad, missing or expired credentials).
+        rate_limited: client frames refused by the rate limit.
     """
 
     connections: int = 0
@@ -63,6 +77,9 @@ class HubStats:
     deliveries: int = 0
     overflows: int = 0
     dropped: int = 0
+    refused: int = 0
+    auth_failures: int = 0
+    rate_limited: int = 0
 
 
 class Hub:
@@ -71,6 +88,10 @@ class Hub:
     Args:
         broker: a `Broker`, or a broker URL; defaults to ``settings.broker`` (``memory://``).
         settings: the settings; by default read from ``WSHUB_*`` environment variables.
+        auth: the authenticator; by default a JWT one when the settings name a key,
+            else none (every connection is anonymous, as in the seed tutorial).
+        namespaces: channel rules per namespace (see `wshub.permissions`).
+        can_subscribe, can_publish: async permission hooks run after the rules.
         **overrides: settings fields to override, e.g. ``queue_max_messages=100``.
 
     Use ``FastAPI(lifespan=hub.lifespan)`` so the broker starts and stops with the app.
@@ -81,6 +102,10 @@ class Hub:
         broker: Broker | str | None = None,
         *,
         settings: Settings | None = None,
+        auth: Authenticator | None = None,
+        namespaces: dict[str, Namespace] | None = None,
+        can_subscribe: SubscribeHook | None = None,
+        can_publish: PublishHook | None = None,
         **overrides: Any,
     ) -> None:
         if settings is None:
@@ -91,10 +116,15 @@ class Hub:
         if broker is None or isinstance(broker, str):
             broker = broker_from_url(broker or settings.broker)
         self.broker = broker
+        self.auth = auth if auth is not None else authenticator_from_settings(settings)
+        self.permissions = Permissions(
+            namespaces, can_subscribe=can_subscribe, can_publish=can_publish
+        )
         self.broker_state = BrokerState.CONNECTING
         self.stats = HubStats()
         self._connections: dict[str, Connection] = {}
         self._heartbeats: dict[Connection, None] = {}
+        self._expiring: dict[Connection, None] = {}
         self._channels: dict[str, dict[Connection, None]] = {}
         self._users: dict[str, dict[Connection, None]] = {}
         self._subscribed: set[str] = set()
@@ -113,6 +143,7 @@ class Hub:
         self._started = True
         self._draining = False
         self._emptied = asyncio.Event()
+        install_redaction([self.auth.query_param] if self.auth is not None else [])
         await self.broker.start(self)
         self._subscribed.add(BROADCAST_CHANNEL)
         await self.broker.subscribe([BROADCAST_CHANNEL])
@@ -180,6 +211,7 @@ class Hub:
         self,
         websocket: WebSocket,
         *,
+        identity: Identity | None = None,
         user: str | None = None,
         codec: Codec = RAW_JSON,
         subprotocol: str | None = None,
@@ -197,8 +229,10 @@ class Hub:
         raises closes with 1011 (the exception propagates).
 
         Args:
-            websocket: the Starlette/FastAPI WebSocket, not accepted yet.
-            user: the user this connection belongs to, for `send_to_user`.
+            websocket: the Starlette/FastAPI WebSocket (accepted already or not).
+            identity: who the connection belongs to (from `wshub.auth`); None leaves
+                it anonymous until `identify` is called.
+            user: shorthand for ``identity=Identity(user)``.
             codec: how frames are encoded; library mode sends data as JSON text.
             subprotocol: the subprotocol to accept with.
             heartbeat: send ``{"op":"ping"}`` and expect pongs (protocol endpoint).
@@ -212,9 +246,19 @@ class Hub:
             queue_max_bytes or s.queue_max_bytes,
             overflow_policy or s.overflow_policy,
         )
-        return ConnectContext(self, websocket, user, codec, subprotocol, heartbeat, reader, queue)
+        if identity is None and user is not None:
+            identity = Identity(user)
+        return ConnectContext(
+            self, websocket, identity, codec, subprotocol, heartbeat, reader, queue
+        )
 
-    async def _attach(self, conn: Connection, subprotocol: str | None, heartbeat: bool) -> None:
+    async def _attach(
+        self,
+        conn: Connection,
+        subprotocol: str | None,
+        heartbeat: bool,
+        identity: Identity | None,
+    ) -> None:
         if not self._started:
             raise RuntimeError(
                 "the hub is not started: create the app with FastAPI(lifespan=hub.lifespan)"
@@ -222,6 +266,10 @@ class Hub:
         await conn._open(subprotocol)
         if self._draining:
             conn.close(CloseCode.GOING_AWAY, "server shutting down")
+            return
+        if len(self._connections) >= self.settings.max_connections:
+            self.stats.refused += 1
+            conn.close(CloseCode.TRY_AGAIN_LATER, "too many connections")
             return
         self.stats.connections += 1
         self._connections[conn.id] = conn
@@ -231,16 +279,49 @@ class Hub:
             conn.heartbeat = True
             conn.ping_due = asyncio.get_running_loop().time() + self.settings.ping_interval
             self._heartbeats[conn] = None
-        if conn.user is not None:
-            members = self._users.setdefault(conn.user, {})
-            members[conn] = None
-            if len(members) == 1:
-                await self._sync_broker(user_channel(conn.user))
+        if identity is not None:
+            await self.identify(conn, identity)
+
+    async def identify(self, conn: Connection, identity: Identity) -> bool:
+        """Bind an open connection to the identity it authenticated as.
+
+        Registers it for `send_to_user` and for expiry (4001 "token expired" at
+        ``identity.expires_at``), and applies ``max_connections_per_user``.
+
+        Returns:
+            False when the connection was closed instead (1013: too many connections
+            for this user) or is not open.
+        """
+        if conn.state is not ConnectionState.OPEN:
+            return False
+        conn.info = identity.info
+        self.set_expiry(conn, identity.expires_at)
+        if identity.user is None:
+            return True
+        members = self._users.setdefault(identity.user, {})
+        if len(members) >= self.settings.max_connections_per_user:
+            self.stats.refused += 1
+            conn.close(CloseCode.TRY_AGAIN_LATER, "too many connections for this user")
+            return False
+        conn.user = identity.user
+        members[conn] = None
+        if len(members) == 1:
+            await self._sync_broker(user_channel(identity.user))
+        return True
+
+    def set_expiry(self, conn: Connection, expires_at: float | None) -> None:
+        """Close ``conn`` with 4001 "token expired" at ``expires_at`` (Unix time; None: never)."""
+        conn.expires_at = expires_at
+        if expires_at is None:
+            self._expiring.pop(conn, None)
+        else:
+            self._expiring[conn] = None
 
     async def _detach(self, conn: Connection) -> None:
         if self._connections.pop(conn.id, None) is None:
             return
         self._heartbeats.pop(conn, None)
+        self._expiring.pop(conn, None)
         self.stats.dropped += conn.queue.dropped
         emptied = [ch for ch in conn.channels if self._remove_member(self._channels, ch, conn)]
         conn.channels.clear()
@@ -263,6 +344,22 @@ class Hub:
             return False
         del registry[key]
         return True
+
+    async def authenticate(self, websocket: WebSocket) -> Identity:
+        """FastAPI dependency authenticating a library-mode endpoint's handshake.
+
+        ``who: Identity = Depends(hub.authenticate)``, then ``hub.connect(ws,
+        identity=who)``. Without an authenticator every connection is anonymous;
+        with one, a missing or bad token accepts and closes with 4001 before the
+        endpoint runs (see `wshub.auth.websocket_identity`).
+        """
+        if self.auth is None:
+            return ANONYMOUS
+        try:
+            return await websocket_identity(self.auth)(websocket)  # type: ignore[no-any-return]
+        except WebSocketException:
+            self.stats.auth_failures += 1
+            raise
 
     @property
     def connection_count(self) -> int:
@@ -445,6 +542,14 @@ class Hub:
                     conn.enqueue(pings[conn.codec.index])
                     conn.pong_deadline = now + s.pong_timeout
                     conn.ping_due = now + s.ping_interval
+            self._expire(time.time())
+
+    def _expire(self, now: float) -> None:
+        expired = [c for c in self._expiring if c.expires_at is not None and c.expires_at <= now]
+        for conn in expired:
+            del self._expiring[conn]
+            self.stats.auth_failures += 1
+            conn.close(CloseCode.UNAUTHORIZED, "token expired", drain=False)
 
 
 class ConnectContext:
@@ -454,7 +559,7 @@ class ConnectContext:
         self,
         hub: Hub,
         websocket: WebSocket,
-        user: str | None,
+        identity: Identity | None,
         codec: Codec,
         subprotocol: str | None,
         heartbeat: bool,
@@ -462,16 +567,17 @@ class ConnectContext:
         queue: SendQueue,
     ) -> None:
         self._hub = hub
+        self._identity = identity
         self._subprotocol = subprotocol
         self._heartbeat = heartbeat
         self._reader = reader
         self.connection = Connection(
-            hub, websocket, id=secrets.token_hex(8), user=user, codec=codec, queue=queue
+            hub, websocket, id=secrets.token_hex(8), user=None, codec=codec, queue=queue
         )
 
     async def __aenter__(self) -> Connection:
         conn = self.connection
-        await self._hub._attach(conn, self._subprotocol, self._heartbeat)
+        await self._hub._attach(conn, self._subprotocol, self._heartbeat, self._identity)
         if self._reader:
             conn.start_reader()
         else:

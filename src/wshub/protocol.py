@@ -31,6 +31,12 @@ class Op(enum.StrEnum):
     UNSUBSCRIBE = "unsubscribe"
     PUBLISH = "publish"
     PONG = "pong"
+    CONNECT = "connect"
+    REFRESH = "refresh"
+
+
+#: Op values to ops; a lookup that cannot raise, unlike ``Op(value)``.
+_OPS: dict[str, Op] = {op.value: op for op in Op}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -44,6 +50,7 @@ class Command:
         data: the published data, for ``publish``.
         since: the last offset the client saw, for ``subscribe`` with recovery.
         epoch: the history epoch the client saw ``since`` in.
+        token: the credentials, for ``connect`` and ``refresh``.
     """
 
     op: Op
@@ -52,6 +59,7 @@ class Command:
     data: Any = None
     since: int | None = None
     epoch: str | None = None
+    token: str | None = None
 
 
 def parse_command(frame: object) -> Command:
@@ -71,14 +79,18 @@ def parse_command(frame: object) -> Command:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "a frame must be an object")
     request_id = _request_id(frame.get("id"))
     op_name = frame.get("op")
-    try:
-        op = Op(op_name) if isinstance(op_name, str) else Op("")
-    except ValueError:
-        known = ", ".join(op.value for op in Op)
-        message = f"unknown op {op_name!r}; known ops: {known}"
-        raise ProtocolError(ErrorCode.BAD_REQUEST, message, request_id) from None
+    op = _OPS.get(op_name) if isinstance(op_name, str) else None
+    if op is None:
+        problem = "missing 'op'" if op_name is None else f"unknown op {op_name!r}"
+        message = f"{problem}; known ops: {', '.join(_OPS)}"
+        raise ProtocolError(ErrorCode.BAD_REQUEST, message, request_id)
     if op is Op.PONG:
         return Command(op, request_id)
+    if op is Op.CONNECT or op is Op.REFRESH:
+        token = _optional(frame, "token", str, request_id)
+        if op is Op.REFRESH and token is None:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "refresh needs 'token'", request_id)
+        return Command(op, request_id, token=token)
     channel = _channel(frame, request_id)
     if op is Op.PUBLISH:
         if "data" not in frame:

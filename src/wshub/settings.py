@@ -5,7 +5,7 @@ Every limit has a default here, a setting (``WSHUB_<NAME>``) and a test at the l
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from wshub.sendqueue import OverflowPolicy
@@ -36,6 +36,22 @@ class Settings(BaseSettings):
         shutdown_timeout: seconds graceful shutdown waits for queues to drain.
         per_message_deflate: WebSocket compression; off by default (memory per connection,
             compression bombs, secrets leaking through compressed sizes).
+        jwt_secret: HMAC secret for HS256 tokens; setting it (or jwt_public_key_file)
+            turns authentication on.
+        jwt_public_key_file: PEM public key for RS256/ES256 tokens.
+        jwt_algorithms: accepted algorithms, comma-separated (default HS256 with a
+            secret, RS256,ES256 with a public key).
+        jwt_audience, jwt_issuer, jwt_leeway: ``aud`` / ``iss`` to require, clock skew.
+        auth_cookie: the cookie that may carry the token.
+        allow_anonymous: with authentication on, still let connections without a token in.
+        auth_timeout: seconds a client without a handshake token has to send
+            ``{"op":"connect","token":...}``; then 4001.
+        allowed_origins: browser origins allowed besides the server's own,
+            comma-separated (``*``: all); others are closed with 4003.
+        rate_limit, rate_burst: frames per second a client may send, and the burst.
+        rate_limit_strikes: refused frames after which the client is closed with 4029.
+        max_connections: connections per process; more are closed with 1013.
+        max_connections_per_user: connections per user per process; more get 1013.
     """
 
     model_config = SettingsConfigDict(env_prefix="WSHUB_", extra="ignore")
@@ -62,3 +78,24 @@ class Settings(BaseSettings):
     close_timeout: float = Field(default=5.0, gt=0)
     shutdown_timeout: float = Field(default=10.0, gt=0)
     per_message_deflate: bool = False
+
+    jwt_secret: SecretStr | None = None
+    jwt_public_key_file: str | None = None
+    jwt_algorithms: str = ""
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_leeway: float = Field(default=0.0, ge=0)
+    auth_cookie: str = "wshub_token"
+    allow_anonymous: bool = False
+    auth_timeout: float = Field(default=5.0, gt=0)
+    allowed_origins: str = ""
+
+    rate_limit: float = Field(default=100.0, gt=0)
+    rate_burst: int = Field(default=200, ge=1)
+    rate_limit_strikes: int = Field(default=50, ge=1)
+    max_connections: int = Field(default=10_000, ge=1)
+    max_connections_per_user: int = Field(default=100, ge=1)
+
+    def origins(self) -> list[str]:
+        """The allowed origins as a list."""
+        return [o.strip() for o in self.allowed_origins.split(",") if o.strip()]

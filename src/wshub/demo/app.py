@@ -6,10 +6,12 @@ Run it with ``make run`` or ``wshub serve wshub.demo:app``.
 from __future__ import annotations
 
 from importlib.resources import files
+from typing import Annotated
 
-from fastapi import FastAPI, WebSocket
+from fastapi import Depends, FastAPI, WebSocket
 from fastapi.responses import HTMLResponse
 
+from wshub.auth import Identity
 from wshub.errors import CloseCode
 from wshub.fastapi import mount
 from wshub.hub import Hub
@@ -20,9 +22,9 @@ mount(app, hub, "/ws")
 
 
 @app.websocket("/ws/chat")
-async def chat(ws: WebSocket) -> None:
+async def chat(ws: WebSocket, who: Annotated[Identity, Depends(hub.authenticate)]) -> None:
     """The seed tutorial's chat, unchanged on the wire: ``{"user","text"}`` in and out."""
-    async with hub.connect(ws) as conn:
+    async with hub.connect(ws, identity=who) as conn:
         await conn.subscribe("chat")
         async for data in conn.iter_json():
             if not isinstance(data, dict):

@@ -1,0 +1,140 @@
+"""Per-channel permissions: namespaces with rules, personal channels, and custom hooks.
+
+A channel's namespace is the part of its name before the first ``:``. Each
+namespace has a `Namespace`: who may subscribe, who may publish, and the options
+later features read (history, presence). Rules apply to clients of the protocol
+endpoint; server code (``hub.publish``, ``conn.subscribe``) is trusted.
+
+Personal channels ``user:<id>`` can only be read by the user ``<id>``; clients
+can't publish to them (the server can, e.g. with ``hub.publish("user:ada", ...)``).
+
+When namespaces are configured, a channel in a namespace that is not listed is
+refused, so that a typo cannot open a channel nobody meant to open. Channels
+without a ``:`` belong to the namespace ``""``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Awaitable, Callable, Mapping
+
+from wshub.channels import namespace_of
+from wshub.errors import ErrorCode, ProtocolError
+
+PERSONAL_NAMESPACE = "user"
+
+#: ``can_subscribe(user, channel)``: an extra check after the namespace rules.
+SubscribeHook = Callable[[str | None, str], Awaitable[bool]]
+#: ``can_publish(user, channel, data)``: an extra check after the namespace rules.
+PublishHook = Callable[[str | None, str, object], Awaitable[bool]]
+
+
+class Access(enum.StrEnum):
+    """Who may do something in a namespace."""
+
+    ANY = "any"  # anonymous connections included
+    AUTHENTICATED = "authenticated"
+    NOBODY = "nobody"  # no client; server code only
+
+    def allows(self, user: str | None) -> bool:
+        """Tell whether a connection of ``user`` (None when anonymous) is allowed."""
+        return self is Access.ANY or (self is Access.AUTHENTICATED and user is not None)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Namespace:
+    """Rules and options for the channels of one namespace.
+
+    Attributes:
+        subscribe: who may subscribe.
+        publish: who may publish.
+        history_size: publications kept for recovery (0: no history).
+        history_ttl: seconds publications are kept.
+        presence: track who is in each channel.
+        join_leave: send join/leave frames to subscribers.
+    """
+
+    subscribe: Access = Access.ANY
+    publish: Access = Access.ANY
+    history_size: int = 0
+    history_ttl: float = 0.0
+    presence: bool = False
+    join_leave: bool = False
+
+
+DEFAULT_NAMESPACE = Namespace()
+PERSONAL = Namespace(subscribe=Access.AUTHENTICATED, publish=Access.NOBODY)
+
+
+class Permissions:
+    """Decides whether a client may subscribe or publish to a channel.
+
+    Args:
+        namespaces: rules per namespace; None lets any client use any channel
+            (except other users' personal channels).
+        can_subscribe: an async hook run after the rules; False refuses.
+        can_publish: an async hook run after the rules; False refuses.
+    """
+
+    def __init__(
+        self,
+        namespaces: Mapping[str, Namespace] | None = None,
+        *,
+        can_subscribe: SubscribeHook | None = None,
+        can_publish: PublishHook | None = None,
+    ) -> None:
+        self.namespaces = dict(namespaces) if namespaces is not None else None
+        self.can_subscribe = can_subscribe
+        self.can_publish = can_publish
+
+    def namespace(self, channel: str) -> Namespace | None:
+        """Return the rules for ``channel``, or None when its namespace is not configured."""
+        name = namespace_of(channel)
+        if self.namespaces is None:
+            return PERSONAL if name == PERSONAL_NAMESPACE else DEFAULT_NAMESPACE
+        found = self.namespaces.get(name)
+        if found is None and name == PERSONAL_NAMESPACE:
+            return PERSONAL
+        return found
+
+    async def check_subscribe(self, user: str | None, channel: str) -> Namespace:
+        """Check a client's subscribe.
+
+        Returns:
+            The channel's namespace.
+
+        Raises:
+            ProtocolError: ``forbidden``.
+        """
+        space = self._known(channel)
+        if not space.subscribe.allows(user):
+            raise _forbidden(f"subscribing to {channel!r} is not allowed")
+        if namespace_of(channel) == PERSONAL_NAMESPACE and channel != f"user:{user}":
+            raise _forbidden("personal channels are readable by their user only")
+        if self.can_subscribe is not None and not await self.can_subscribe(user, channel):
+            raise _forbidden(f"subscribing to {channel!r} is not allowed")
+        return space
+
+    async def check_publish(self, user: str | None, channel: str, data: object) -> Namespace:
+        """Check a client's publish.
+
+        Raises:
+            ProtocolError: ``forbidden``.
+        """
+        space = self._known(channel)
+        if not space.publish.allows(user):
+            raise _forbidden(f"publishing to {channel!r} is not allowed")
+        if self.can_publish is not None and not await self.can_publish(user, channel, data):
+            raise _forbidden(f"publishing to {channel!r} is not allowed")
+        return space
+
+    def _known(self, channel: str) -> Namespace:
+        space = self.namespace(channel)
+        if space is None:
+            raise _forbidden(f"unknown namespace {namespace_of(channel)!r}")
+        return space
+
+
+def _forbidden(message: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.FORBIDDEN, message)
