@@ -4,6 +4,9 @@ One `Hub` per process routes publications to connections, through a broker that
 spans processes and hosts. See the README for a tour and DESIGN.md for the rules.
 """
 
+import typing as _typing
+
+from wshub.auth import Authenticator, AuthError, Identity, JWTAuthenticator
 from wshub.brokers import Broker, BrokerState, Publication, PublishResult, broker_from_url
 from wshub.codecs import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL
 from wshub.connection import Connection, ConnectionState
@@ -16,16 +19,33 @@ from wshub.errors import (
     PublishError,
     WshubError,
 )
-from wshub.fastapi import mount
+from wshub.fastapi import add_health_routes, mount
 from wshub.hub import Hub, HubStats
+from wshub.permissions import Access, Namespace
 from wshub.sendqueue import OverflowPolicy
 from wshub.settings import Settings
 
+if _typing.TYPE_CHECKING:
+    from wshub.publisher import Publisher as Publisher
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> _typing.Any:
+    # Publisher needs the `redis` extra: import it only when asked for.
+    if name == "Publisher":
+        from wshub.publisher import Publisher
+
+        return Publisher
+    raise AttributeError(f"module 'wshub' has no attribute {name!r}")
+
 
 __all__ = [
     "JSON_SUBPROTOCOL",
     "MSGPACK_SUBPROTOCOL",
+    "Access",
+    "AuthError",
+    "Authenticator",
     "Broker",
     "BrokerState",
     "BrokerUnavailable",
@@ -35,15 +55,20 @@ __all__ = [
     "ErrorCode",
     "Hub",
     "HubStats",
+    "Identity",
+    "JWTAuthenticator",
+    "Namespace",
     "OverflowPolicy",
     "ProtocolEndpoint",
     "ProtocolError",
+    "Publication",
     "PublishError",
     "PublishResult",
-    "Publication",
+    "Publisher",
     "Settings",
     "WshubError",
     "__version__",
+    "add_health_routes",
     "broker_from_url",
     "mount",
 ]

@@ -1,12 +1,14 @@
-"""The ``wshub`` command line: ``wshub serve``."""
+"""The ``wshub`` command line: ``wshub serve`` and ``wshub publish``."""
 
 from __future__ import annotations
 
 import os
 from typing import Annotated
 
+import orjson
 import typer
 
+from wshub.errors import WshubError
 from wshub.server import DEFAULT_APP, run
 from wshub.settings import Settings
 
@@ -39,10 +41,33 @@ def serve(
         if value is not None:
             # The app builds its Hub at import, from the environment: hand options on that way.
             os.environ[f"WSHUB_{name.upper()}"] = str(value)
-    settings = Settings()
-    if settings.workers > 1 and not settings.broker.startswith(("redis", "rediss", "unix")):
-        raise typer.BadParameter("several workers need a shared broker, e.g. --broker redis://")
     try:
-        run(target, settings)
+        run(target, Settings())
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+
+
+@app.command()
+def publish(
+    channel: Annotated[str, typer.Argument(help="the channel to publish to")],
+    data: Annotated[str, typer.Argument(help="the data, as JSON")],
+    broker: Annotated[str | None, typer.Option(help="Redis URL [WSHUB_BROKER]")] = None,
+    prefix: Annotated[str | None, typer.Option(help="Redis prefix [WSHUB_REDIS_PREFIX]")] = None,
+) -> None:
+    """Publish JSON data to a channel on every hub process sharing a Redis broker."""
+    from wshub.publisher import Publisher  # needs the redis extra; serve does not
+
+    settings = Settings()
+    try:
+        payload = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise typer.BadParameter(f"DATA is not valid JSON: {exc}") from None
+    try:
+        with Publisher(broker or settings.broker, prefix=prefix or settings.redis_prefix) as pub:
+            receivers = pub.publish_sync(channel, payload)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    except WshubError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"published to {channel} ({receivers} hub process(es) subscribed)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI
+from fastapi.responses import JSONResponse
 
 from wshub.endpoint import ProtocolEndpoint
 from wshub.hub import Hub
@@ -31,3 +32,22 @@ def mount(app: FastAPI | APIRouter, hub: Hub, path: str = "/ws") -> ProtocolEndp
     if isinstance(app, FastAPI) and OriginMiddleware not in installed:
         app.add_middleware(OriginMiddleware, allowed_origins=hub.settings.origins())
     return endpoint
+
+
+def add_health_routes(app: FastAPI | APIRouter, hub: Hub) -> None:
+    """Add ``GET /healthz`` (the process answers) and ``GET /readyz`` (it can serve).
+
+    ``/readyz`` answers 503 while the broker is unreachable or the hub is shutting
+    down, so that a load balancer stops sending new connections. Both are cheap
+    enough to probe every second.
+    """
+
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    async def readyz() -> JSONResponse:
+        body = {"status": "ready" if hub.ready else "not ready", "broker": hub.broker_state}
+        return JSONResponse(body, status_code=200 if hub.ready else 503)
+
+    app.add_api_route("/healthz", healthz, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/readyz", readyz, methods=["GET"], include_in_schema=False)

@@ -114,7 +114,11 @@ class Hub:
             settings = settings.model_copy(update=overrides)
         self.settings = settings
         if broker is None or isinstance(broker, str):
-            broker = broker_from_url(broker or settings.broker)
+            broker = broker_from_url(
+                broker or settings.broker,
+                prefix=settings.redis_prefix,
+                probe_interval=settings.redis_probe_interval,
+            )
         self.broker = broker
         self.auth = auth if auth is not None else authenticator_from_settings(settings)
         self.permissions = Permissions(

@@ -10,7 +10,14 @@ every running hub close its connections with 1001 after their queues drained
 from __future__ import annotations
 
 import asyncio
+import logging
+import multiprocessing
+import os
+import signal
 import socket
+import time
+from multiprocessing.process import BaseProcess
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -19,6 +26,8 @@ from wshub.hub import running_hubs
 from wshub.settings import Settings
 
 DEFAULT_APP = "wshub.demo:app"
+
+logger = logging.getLogger("wshub.server")
 
 
 class HubServer(uvicorn.Server):
@@ -68,15 +77,73 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
 def run(app: Any = DEFAULT_APP, settings: Settings | None = None, **overrides: Any) -> None:
     """Serve ``app`` until SIGINT/SIGTERM, then shut down gracefully.
 
+    With ``settings.workers > 1``, runs that many worker processes on one socket
+    (see `serve_workers`); they need a shared broker such as Redis.
+
     Args:
-        app: the ASGI app or its import string.
+        app: the ASGI app, or its import string (required for several workers).
         settings: wshub settings; by default from ``WSHUB_*`` variables.
         **overrides: uvicorn.Config arguments.
 
     Raises:
-        ValueError: more than one worker with the in-memory broker.
+        ValueError: several workers with the in-memory broker, or with an app object.
     """
     settings = settings or Settings()
     if settings.workers > 1:
-        raise ValueError("several workers need a shared broker: the Redis broker comes next")
+        if settings.broker.startswith("memory"):
+            raise ValueError("several workers need a shared broker, e.g. --broker redis://")
+        if not isinstance(app, str):
+            raise ValueError("several workers need the app as an import string")
+        raise SystemExit(serve_workers(app, settings, **overrides))
     HubServer(uvicorn_config(app, settings, **overrides)).run()
+
+
+def serve_workers(app: str, settings: Settings, **overrides: Any) -> int:
+    """Run ``settings.workers`` processes serving ``app`` on one listening socket.
+
+    The parent binds the socket, starts the workers (spawned, so each has its own
+    event loop and hub), forwards SIGINT/SIGTERM to them so each drains and sends
+    1001, and replaces a worker that dies while the others keep serving.
+
+    Returns:
+        The exit code: 0 when every worker stopped cleanly.
+    """
+    sock = uvicorn_config(app, settings, **overrides).bind_socket()
+    context = multiprocessing.get_context("spawn")
+
+    def start() -> BaseProcess:
+        process = context.Process(target=_worker, args=(app, settings, overrides, sock))
+        process.start()
+        return process
+
+    workers = [start() for _ in range(settings.workers)]
+    stopping = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for process in workers:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stopping:
+            time.sleep(0.2)
+            for index, process in enumerate(workers):
+                if not process.is_alive() and not stopping:
+                    logger.warning(
+                        "worker %s died (exit %s); starting another", process.pid, process.exitcode
+                    )
+                    workers[index] = start()
+        for process in workers:
+            process.join(settings.shutdown_timeout + 10)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sock.close()
+    return 0 if all(p.exitcode == 0 for p in workers) else 1
+
+
+def _worker(app: str, settings: Settings, overrides: dict[str, Any], sock: socket.socket) -> None:
+    HubServer(uvicorn_config(app, settings, **overrides)).run(sockets=[sock])

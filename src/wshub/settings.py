@@ -19,6 +19,9 @@ class Settings(BaseSettings):
 
     Attributes:
         broker: broker URL: ``memory://`` (one process) or ``redis://host:port/db``.
+        redis_prefix: prefix of wshub's channel names in Redis, so apps can share one.
+        redis_probe_interval: seconds between liveness probes of the Redis subscriber
+            connection (Redis drops slow pub/sub clients without telling them).
         host, port, workers, log_level: what `wshub serve` listens on and how it logs.
         max_message_size: largest incoming WebSocket message in bytes; larger closes 1009.
         queue_max_messages, queue_max_bytes: bounds of each connection's send queue.
@@ -57,6 +60,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WSHUB_", extra="ignore")
 
     broker: str = "memory://"
+    redis_prefix: str = "wshub:"
+    redis_probe_interval: float = Field(default=5.0, gt=0)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1)

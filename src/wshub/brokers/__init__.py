@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from typing import Any
 from urllib.parse import urlsplit
 
 from wshub.brokers.base import (
@@ -31,11 +32,12 @@ _ENGINES = {
 }
 
 
-def broker_from_url(url: str) -> Broker:
+def broker_from_url(url: str, **options: Any) -> Broker:
     """Build the broker an URL names: ``memory://`` or ``redis://host:port/db``.
 
     Args:
         url: the broker URL.
+        **options: engine options (e.g. ``prefix`` for Redis); the memory broker has none.
 
     Returns:
         A broker, not started yet.
@@ -52,4 +54,4 @@ def broker_from_url(url: str) -> Broker:
     engine = getattr(importlib.import_module(module_name), class_name)
     if scheme == "memory":
         return engine()  # type: ignore[no-any-return]
-    return engine(url)  # type: ignore[no-any-return]
+    return engine(url, **options)  # type: ignore[no-any-return]
