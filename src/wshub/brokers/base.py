@@ -20,7 +20,8 @@ Guarantees every engine gives:
   channel's publications in one order, the same everywhere.
 - ``on_publication`` is called on the event loop, synchronously, in that order.
   It must not block: the hub only enqueues frames there.
-- The ``data`` bytes object is handed on as it is, never copied or re-encoded.
+- The ``data`` bytes are never re-encoded: an engine hands them on as they are,
+  or slices them out of its transport frame once per process.
 """
 
 from __future__ import annotations
