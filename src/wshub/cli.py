@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Annotated
 
 import orjson
@@ -41,6 +42,9 @@ def serve(
         if value is not None:
             # The app builds its Hub at import, from the environment: hand options on that way.
             os.environ[f"WSHUB_{name.upper()}"] = str(value)
+    # Like uvicorn, import the app from the current directory (`wshub serve myapp:app`).
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         run(target, Settings())
     except ValueError as exc:

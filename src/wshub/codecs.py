@@ -68,8 +68,15 @@ class Codec:
         except orjson.JSONDecodeError as exc:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"invalid JSON: {exc}") from None
 
-    def message(self, channel: str, publication: Publication) -> Frame:
-        """Build the frame that delivers ``publication`` on ``channel``."""
+    def message(self, channel: str, publication: Publication) -> Frame | None:
+        """Build the frame that delivers ``publication`` on ``channel``.
+
+        Returns:
+            The frame, or None when this codec's clients don't get such publications
+            (library-mode connections get no join/leave events).
+        """
+        if publication.event is not None:
+            return None
         return Frame.text(publication.data)
 
 
@@ -86,9 +93,17 @@ class JsonCodec(Codec):
     packs = True
     index = 1
 
-    def message(self, channel: str, publication: Publication) -> Frame:
-        parts = [b'{"op":"message","channel":', orjson.dumps(channel), b',"data":']
-        parts.append(publication.data)
+    def message(self, channel: str, publication: Publication) -> Frame | None:
+        if publication.event is not None:
+            # data is the JSON object {"client":..,"user":..}: splice the op and channel in.
+            head = b'{"op":"%s","channel":%s,' % (publication.event.encode(), orjson.dumps(channel))
+            return Frame.text(head + publication.data[1:])
+        data = publication.data
+        if b"\n" in data:
+            # Pretty JSON from outside (redis-cli) would split the frame for clients that
+            # unpack on "\n"; a raw newline in valid JSON is only ever whitespace.
+            data = data.replace(b"\n", b" ")
+        parts = [b'{"op":"message","channel":', orjson.dumps(channel), b',"data":', data]
         if publication.offset is not None:
             parts.append(b',"offset":%d' % publication.offset)
         if publication.origin is not None:
@@ -114,9 +129,14 @@ class MsgpackCodec(Codec):
         try:
             return msgpack.unpackb(data, raw=False, strict_map_key=True)
         except Exception as exc:  # msgpack raises many unrelated types for bad input
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"invalid MessagePack: {exc}") from None
+            # Some (StackError for deep nesting, FormatError) carry no text: name the type.
+            problem = str(exc) or type(exc).__name__
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"invalid MessagePack: {problem}") from None
 
-    def message(self, channel: str, publication: Publication) -> Frame:
+    def message(self, channel: str, publication: Publication) -> Frame | None:
+        if publication.event is not None:
+            event = {"op": publication.event, "channel": channel}
+            return self.encode({**event, **orjson.loads(publication.data)})
         frame: dict[str, Any] = {
             "op": "message",
             "channel": channel,

@@ -106,23 +106,33 @@ class Connection:
         self._writer: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._owner: asyncio.Task[Any] | None = None
+        self._handler: asyncio.Task[Any] | None = None  # runs the `async with` block
         self._inbound: asyncio.Queue[Message] | None = None
+        self._inbound_bytes = 0
         self.aborted = False
+        # Channels being recovered: live frames held back until the subscribe reply is out.
+        self.recovering: dict[str, list[tuple[int | None, Frame]]] = {}
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} user={self.user!r} {self.state.value}>"
 
     # -- sending: never awaits ------------------------------------------------------------
 
-    def enqueue(self, frame: Frame) -> None:
+    def enqueue(self, frame: Frame, *, control: bool = False) -> None:
         """Queue an encoded frame for this client. Never blocks, never raises.
 
         A frame that overflows the queue under the ``disconnect`` policy closes the
         connection with 4008; frames for a closing connection are ignored.
+
+        Args:
+            frame: the frame.
+            control: a heartbeat ping, queued whatever the limits (see `SendQueue.push`).
         """
         if self.state is not ConnectionState.OPEN:
             return
-        if not self.queue.put(frame):
+        if control:
+            self.queue.push(frame)
+        elif not self.queue.put(frame):
             self.hub.stats.overflows += 1
             self.close(CloseCode.SLOW_CONSUMER, "slow consumer: send queue overflow", drain=False)
             return
@@ -189,6 +199,17 @@ class Connection:
                 task.cancel()
         if self._inbound is not None:
             self._inbound.put_nowait(_END)
+
+    def cancel(self) -> None:
+        """Abort, and cancel the task running the handler's ``async with`` block too.
+
+        For a handler that does not return after its connection closed (at shutdown):
+        the block ends with the cancellation, which it does not propagate.
+        """
+        self.abort()
+        task = self._handler
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
 
     def _wake_writer(self) -> None:
         waiter = self._waiter
@@ -285,10 +306,15 @@ class Connection:
                 message = await self.receive()
                 if message["type"] == "websocket.disconnect":
                     return
-                if inbound.qsize() >= s.max_inbound_messages:
+                size = _size(message)
+                if (
+                    inbound.qsize() >= s.max_inbound_messages
+                    or self._inbound_bytes + size > s.max_inbound_bytes
+                ):
                     self.close(CloseCode.RATE_LIMITED, "too many frames: the server is behind")
                     return
                 if bucket.take(clock()):
+                    self._inbound_bytes += size
                     inbound.put_nowait(message)
                     continue
                 # Library endpoints have no error frame: drop, and close if it goes on.
@@ -314,6 +340,7 @@ class Connection:
             if message["type"] == "websocket.disconnect":
                 inbound.put_nowait(message)  # later iterators end too
                 return
+            self._inbound_bytes -= _size(message)
             yield message
 
     async def iter_text(self) -> AsyncIterator[str]:
@@ -389,3 +416,8 @@ class Connection:
                     await task
                 except BaseException:  # cancelled or already reported; the connection is over
                     pass
+
+
+def _size(message: Message) -> int:
+    """Bytes (or characters, for text) an incoming message holds."""
+    return len(message.get("text") or message.get("bytes") or "")

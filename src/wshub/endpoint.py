@@ -29,7 +29,15 @@ from wshub.connection import Connection, ConnectionState, Message
 from wshub.errors import BrokerUnavailable, CloseCode, ErrorCode, ProtocolError, PublishError
 from wshub.hub import Hub
 from wshub.limits import TokenBucket
-from wshub.protocol import Command, Op, error_reply, parse_command, reply, welcome
+from wshub.protocol import (
+    Command,
+    Op,
+    error_reply,
+    parse_command,
+    publication_object,
+    reply,
+    welcome,
+)
 
 logger = logging.getLogger("wshub.endpoint")
 
@@ -55,6 +63,8 @@ class ProtocolEndpoint:
             Op.PONG: self.handle_pong,
             Op.CONNECT: self.handle_connect,
             Op.REFRESH: self.handle_refresh,
+            Op.PRESENCE: self.handle_presence,
+            Op.HISTORY: self.handle_history,
         }
 
     async def __call__(self, websocket: WebSocket) -> None:
@@ -104,7 +114,9 @@ class ProtocolEndpoint:
                 continue
             self.hub.stats.rate_limited += 1
             if bucket.strikes >= s.rate_limit_strikes:
-                conn.close(CloseCode.RATE_LIMITED, "rate limited: too many frames", drain=False)
+                # Drain: the replies and `rate_limited` errors queued so far are what tell the
+                # client why it is closed (close_timeout bounds the flush for one not reading).
+                conn.close(CloseCode.RATE_LIMITED, "rate limited: too many frames")
                 return
             conn.send(error_reply(None, ErrorCode.RATE_LIMITED, "too many frames; slow down"))
 
@@ -134,6 +146,8 @@ class ProtocolEndpoint:
         try:
             message = await asyncio.wait_for(conn.receive(), self.hub.settings.auth_timeout)
         except TimeoutError:
+            if auth.allow_anonymous:
+                return ANONYMOUS, None
             self._unauthorized(conn, "authentication timeout")
             return None
         if message["type"] == "websocket.disconnect":
@@ -174,7 +188,9 @@ class ProtocolEndpoint:
             request_id = command.id
             result = await self._handlers[command.op](conn, command)
         except ProtocolError as exc:
-            conn.send(error_reply(exc.request_id, exc.code, exc.message))
+            # Errors raised past parsing (hub limits, permissions) do not know the id.
+            error_id = request_id if exc.request_id is None else exc.request_id
+            conn.send(error_reply(error_id, exc.code, exc.message))
             return
         except BrokerUnavailable as exc:
             conn.send(error_reply(request_id, ErrorCode.UNAVAILABLE, str(exc) or "broker down"))
@@ -187,13 +203,25 @@ class ProtocolEndpoint:
             conn.send(reply(request_id, result))
 
     async def handle_subscribe(self, conn: Connection, command: Command) -> Result:
-        """``subscribe``: join a channel. Recovery (``since``) needs history (not kept yet)."""
+        """``subscribe``: join a channel; with ``since``, recover what was missed.
+
+        The reply is sent by the hub itself, between the recovered messages and the
+        live ones held back meanwhile (see `Hub.subscribe_and_recover`).
+        """
         assert command.channel is not None
+        if command.since is not None and command.id is None:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "subscribe with 'since' needs an 'id'")
         await self.hub.permissions.check_subscribe(conn.user, command.channel)
-        await self.hub.subscribe(conn, command.channel)
-        if command.since is not None:
-            return {"recovered": False, "messages": []}
-        return {}
+        request_id = command.id
+
+        def send_reply(result: dict[str, Any]) -> None:
+            if request_id is not None:
+                conn.send(reply(request_id, result))
+
+        await self.hub.subscribe_and_recover(
+            conn, command.channel, command.since, command.epoch, send_reply
+        )
+        return None
 
     async def handle_unsubscribe(self, conn: Connection, command: Command) -> Result:
         """``unsubscribe``: leave a channel (leaving one never joined is not an error)."""
@@ -234,4 +262,26 @@ class ProtocolEndpoint:
             message = "the token is for another user"
             raise ProtocolError(ErrorCode.UNAUTHORIZED, message, command.id)
         self.hub.set_expiry(conn, identity.expires_at)
-        return {"expires": identity.expires_at}
+        expires = identity.expires_at
+        if expires is not None and expires.is_integer():
+            expires = int(expires)  # JWT's NumericDate: 1795642392, not 1795642392.0
+        return {"expires": expires}
+
+    async def handle_presence(self, conn: Connection, command: Command) -> Result:
+        """``presence``: who is in a channel (those allowed to subscribe may ask)."""
+        assert command.channel is not None
+        await self.hub.permissions.check_subscribe(conn.user, command.channel)
+        clients = await self.hub.presence(command.channel)
+        return {"clients": {client: entry.to_json() for client, entry in clients.items()}}
+
+    async def handle_history(self, conn: Connection, command: Command) -> Result:
+        """``history``: read a channel's kept publications (``since``, ``limit``)."""
+        channel = command.channel
+        assert channel is not None
+        await self.hub.permissions.check_subscribe(conn.user, channel)
+        page = await self.hub.history(channel, since=command.since, limit=command.limit)
+        return {
+            "offset": page.position.offset,
+            "epoch": page.position.epoch,
+            "messages": [publication_object(channel, p) for p in page.publications],
+        }

@@ -16,7 +16,7 @@ import logging
 import secrets
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
 from typing import Any
 
@@ -31,6 +31,7 @@ from wshub.auth import (
     websocket_identity,
 )
 from wshub.brokers import Broker, BrokerState, Publication, PublishResult, broker_from_url
+from wshub.brokers.base import HistoryOptions
 from wshub.channels import (
     BROADCAST_CHANNEL,
     MAX_CHANNEL_LENGTH,
@@ -41,9 +42,11 @@ from wshub.channels import (
 from wshub.codecs import CODECS, RAW_JSON, Codec, encode_data
 from wshub.connection import Connection, ConnectionState
 from wshub.errors import CloseCode, ErrorCode, ProtocolError, PublishError
+from wshub.history import History, HistoryPage, recovered
 from wshub.logs import install_redaction
 from wshub.permissions import Namespace, Permissions, PublishHook, SubscribeHook
-from wshub.protocol import PING
+from wshub.presence import ClientInfo, Presence, PresenceTracker
+from wshub.protocol import PING, publication_object
 from wshub.sendqueue import Frame, OverflowPolicy, SendQueue
 from wshub.settings import Settings
 
@@ -136,6 +139,8 @@ class Hub:
         self._started = False
         self._draining = False
         self._heartbeat_task: asyncio.Task[None] | None = None
+        self._presence = PresenceTracker(broker, settings.presence_ttl)
+        self._presence_task: asyncio.Task[None] | None = None
         self._emptied: asyncio.Event | None = None
 
     # -- life -------------------------------------------------------------------------
@@ -151,9 +156,10 @@ class Hub:
         await self.broker.start(self)
         self._subscribed.add(BROADCAST_CHANNEL)
         await self.broker.subscribe([BROADCAST_CHANNEL])
-        self._heartbeat_task = asyncio.get_running_loop().create_task(
-            self._heartbeat_loop(), name="wshub-heartbeat"
-        )
+        loop = asyncio.get_running_loop()
+        self._heartbeat_task = loop.create_task(self._heartbeat_loop(), name="wshub-heartbeat")
+        if self._presence.enabled:
+            self._presence_task = loop.create_task(self._presence_loop(), name="wshub-presence")
         _RUNNING.add(self)
 
     async def close(self) -> None:
@@ -161,10 +167,11 @@ class Hub:
         if not self._started:
             return
         await self.shutdown_connections()
-        if self._heartbeat_task is not None:
-            self._heartbeat_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat_task
+        for task in (self._heartbeat_task, self._presence_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.broker.close()
         self._subscribed.clear()
         self._started = False
@@ -187,6 +194,9 @@ class Hub:
     ) -> None:
         """Refuse new connections and close every open one after its queue drains.
 
+        A connection whose handler is still running ``drain_timeout`` + 1 s later (a
+        handler that never returns) is cancelled, so that it cannot hold up shutdown.
+
         Args:
             code: the close code, 1001 by default.
             reason: the close reason.
@@ -201,6 +211,14 @@ class Hub:
         assert self._emptied is not None
         try:
             await asyncio.wait_for(self._emptied.wait(), timeout + 1.0)
+            return
+        except TimeoutError:
+            stuck = list(self._connections.values())
+        logger.warning("%d handler(s) still running after shutdown: cancelled", len(stuck))
+        for conn in stuck:
+            conn.cancel()
+        try:
+            await asyncio.wait_for(self._emptied.wait(), 1.0)
         except TimeoutError:
             logger.warning("%d connection(s) still open after shutdown", len(self._connections))
 
@@ -246,9 +264,9 @@ class Hub:
         """
         s = self.settings
         queue = SendQueue(
-            queue_max_messages or s.queue_max_messages,
-            queue_max_bytes or s.queue_max_bytes,
-            overflow_policy or s.overflow_policy,
+            s.queue_max_messages if queue_max_messages is None else queue_max_messages,
+            s.queue_max_bytes if queue_max_bytes is None else queue_max_bytes,
+            s.overflow_policy if overflow_policy is None else overflow_policy,
         )
         if identity is None and user is not None:
             identity = Identity(user)
@@ -327,14 +345,17 @@ class Hub:
         self._heartbeats.pop(conn, None)
         self._expiring.pop(conn, None)
         self.stats.dropped += conn.queue.dropped
-        emptied = [ch for ch in conn.channels if self._remove_member(self._channels, ch, conn)]
+        channels = list(conn.channels)
+        emptied = [ch for ch in channels if self._remove_member(self._channels, ch, conn)]
         conn.channels.clear()
         if conn.user is not None and self._remove_member(self._users, conn.user, conn):
             emptied.append(user_channel(conn.user))
-        if not self._connections and self._emptied is not None:
-            self._emptied.set()
+        for channel in channels:
+            await self._presence_change(conn, channel, joined=False)
         for channel in emptied:
             await self._sync_broker(channel)
+        if not self._connections and self._emptied is not None:
+            self._emptied.set()
 
     @staticmethod
     def _remove_member(
@@ -411,7 +432,75 @@ class Hub:
         self._channels.setdefault(channel, {})[conn] = None
         if channel not in self._subscribed:
             await self._sync_broker(channel)
+        await self._presence_change(conn, channel, joined=True)
         return True
+
+    async def subscribe_and_recover(
+        self,
+        conn: Connection,
+        channel: str,
+        since: int | None,
+        epoch: str | None,
+        reply: Callable[[dict[str, Any]], None],
+    ) -> None:
+        """Subscribe, then answer with the channel's position and what ``conn`` missed.
+
+        Live publications arriving while the history is read are held back and
+        enqueued right after ``reply`` is called, skipping those the reply already
+        carries: the hand-over from recovered to live has no gap and no duplicate.
+
+        Args:
+            conn: the connection.
+            channel: the channel.
+            since: the last offset the client saw, or None (no recovery).
+            epoch: the epoch that offset belongs to.
+            reply: called once, synchronously, with the subscribe result
+                (``offset``, ``epoch``, and with ``since``: ``recovered``, ``messages``).
+
+        Raises:
+            ProtocolError: as `subscribe`.
+            BrokerUnavailable: the history could not be read (the subscribe is undone).
+        """
+        if not self.keeps_history(channel):
+            await self.subscribe(conn, channel)
+            reply({} if since is None else {"recovered": False, "messages": []})
+            return
+        assert isinstance(self.broker, History)
+        held: list[tuple[int | None, Frame]] = []
+        conn.recovering[channel] = held
+        try:
+            await self.subscribe(conn, channel)
+            page = await self.broker.history(channel, since=since, limit=None if since else 0)
+        except BaseException:
+            conn.recovering.pop(channel, None)
+            await self.unsubscribe(conn, channel)
+            raise
+        # No await from here on: the reply and the held frames go out in this order.
+        del conn.recovering[channel]
+        reply(self._recovery_result(channel, page, since, epoch))
+        for offset, frame in held:
+            if offset is None or offset > page.position.offset:
+                conn.enqueue(frame)
+
+    @staticmethod
+    def _recovery_result(
+        channel: str, page: HistoryPage, since: int | None, epoch: str | None
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = {"offset": page.position.offset, "epoch": page.position.epoch}
+        if since is not None:
+            ok = recovered(page, since, epoch)
+            result["recovered"] = ok
+            publications = page.publications if ok else []
+            result["messages"] = [publication_object(channel, p) for p in publications]
+        return result
+
+    async def _presence_change(self, conn: Connection, channel: str, joined: bool) -> None:
+        space = self.permissions.namespace(channel)
+        if space is None or not (space.presence or space.join_leave):
+            return
+        entry = ClientInfo(conn.id, conn.user, conn.info)
+        change = self._presence.join if joined else self._presence.leave
+        await change(channel, entry, space.presence, space.join_leave)
 
     async def unsubscribe(self, conn: Connection, channel: str) -> bool:
         """Remove ``conn`` from ``channel``; unsubscribe the broker when it was the last member.
@@ -424,7 +513,59 @@ class Hub:
         conn.channels.discard(channel)
         if self._remove_member(self._channels, channel, conn):
             await self._sync_broker(channel)
+        await self._presence_change(conn, channel, joined=False)
         return True
+
+    # -- history and presence ---------------------------------------------------------
+
+    def history_options(self, channel: str) -> HistoryOptions | None:
+        """The history ``channel`` keeps by its namespace, or None."""
+        if channel[0] == "#":
+            return None
+        space = self.permissions.namespace(channel)
+        if space is None or space.history_size <= 0:
+            return None
+        return HistoryOptions(space.history_size, space.history_ttl)
+
+    def keeps_history(self, channel: str) -> bool:
+        """Whether ``channel`` keeps history (its namespace says so and the broker can)."""
+        return isinstance(self.broker, History) and self.history_options(channel) is not None
+
+    async def history(
+        self, channel: str, *, since: int | None = None, limit: int | None = None
+    ) -> HistoryPage:
+        """Read ``channel``'s history (server side; the ``history`` op uses it too).
+
+        Args:
+            channel: the channel.
+            since: publications after this offset, oldest first; None for the newest.
+            limit: at most this many.
+
+        Raises:
+            ProtocolError: ``bad_request`` when the channel keeps no history.
+            BrokerUnavailable: the broker cannot be read.
+        """
+        if not self.keeps_history(channel):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{channel!r} keeps no history")
+        assert isinstance(self.broker, History)
+        return await self.broker.history(channel, since=since, limit=limit)
+
+    async def presence(self, channel: str) -> dict[str, ClientInfo]:
+        """Who is in ``channel``, in every process, keyed by client id.
+
+        Raises:
+            ProtocolError: ``bad_request`` when the channel tracks no presence.
+            BrokerUnavailable: the broker cannot be read.
+        """
+        space = self.permissions.namespace(channel)
+        if space is None or not space.presence or not isinstance(self.broker, Presence):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{channel!r} tracks no presence")
+        return await self.broker.presence(channel)
+
+    async def _presence_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._presence.ttl / 3)
+            await self._presence.refresh()
 
     def _wanted(self, channel: str) -> bool:
         if channel == BROADCAST_CHANNEL:
@@ -497,7 +638,8 @@ class Hub:
             payload = encode_data(data)
         except TypeError as exc:
             raise PublishError(f"data cannot be encoded as JSON: {exc}") from None
-        return await self.broker.publish(channel, payload, origin=origin)
+        history = self.history_options(channel)
+        return await self.broker.publish(channel, payload, origin=origin, history=history)
 
     def on_publication(self, channel: str, publication: Publication) -> None:
         """Fan a publication out to local members (`BrokerEvents`); never blocks."""
@@ -511,13 +653,20 @@ class Hub:
             members = self._users.get(channel[len(USER_CHANNEL_PREFIX) :])
         if not members:
             return
+        # One frame per codec, built on first use: encoded once, not once per recipient.
         frames: list[Frame | None] = [None] * len(CODECS)
+        built = [False] * len(CODECS)
         count = 0
         for conn in members:
             index = conn.codec.index
+            if not built[index]:
+                frames[index], built[index] = conn.codec.message(channel, publication), True
             frame = frames[index]
             if frame is None:
-                frame = frames[index] = conn.codec.message(channel, publication)
+                continue  # this codec's clients don't get this kind of publication
+            if conn.recovering and channel in conn.recovering:
+                conn.recovering[channel].append((publication.offset, frame))
+                continue
             conn.enqueue(frame)
             count += 1
         self.stats.deliveries += count
@@ -543,7 +692,7 @@ class Hub:
                     if now >= conn.pong_deadline:
                         conn.close(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout", drain=False)
                 elif now >= conn.ping_due:
-                    conn.enqueue(pings[conn.codec.index])
+                    conn.enqueue(pings[conn.codec.index], control=True)
                     conn.pong_deadline = now + s.pong_timeout
                     conn.ping_due = now + s.ping_interval
             self._expire(time.time())
@@ -582,6 +731,7 @@ class ConnectContext:
     async def __aenter__(self) -> Connection:
         conn = self.connection
         await self._hub._attach(conn, self._subprotocol, self._heartbeat, self._identity)
+        conn._handler = asyncio.current_task()
         if self._reader:
             conn.start_reader()
         else:

@@ -9,8 +9,9 @@ Personal channels ``user:<id>`` can only be read by the user ``<id>``; clients
 can't publish to them (the server can, e.g. with ``hub.publish("user:ada", ...)``).
 
 When namespaces are configured, a channel in a namespace that is not listed is
-refused, so that a typo cannot open a channel nobody meant to open. Channels
-without a ``:`` belong to the namespace ``""``.
+refused, so that a typo cannot open a channel nobody meant to open, unless a
+``"*"`` entry gives rules for every namespace not listed. Channels without a
+``:`` belong to the namespace ``""``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from wshub.channels import namespace_of
 from wshub.errors import ErrorCode, ProtocolError
 
 PERSONAL_NAMESPACE = "user"
+#: The key of the rules for namespaces not listed by name.
+WILDCARD = "*"
 
 #: ``can_subscribe(user, channel)``: an extra check after the namespace rules.
 SubscribeHook = Callable[[str | None, str], Awaitable[bool]]
@@ -96,7 +99,7 @@ class Permissions:
         found = self.namespaces.get(name)
         if found is None and name == PERSONAL_NAMESPACE:
             return PERSONAL
-        return found
+        return found if found is not None else self.namespaces.get(WILDCARD)
 
     async def check_subscribe(self, user: str | None, channel: str) -> Namespace:
         """Check a client's subscribe.
@@ -110,7 +113,8 @@ class Permissions:
         space = self._known(channel)
         if not space.subscribe.allows(user):
             raise _forbidden(f"subscribing to {channel!r} is not allowed")
-        if namespace_of(channel) == PERSONAL_NAMESPACE and channel != f"user:{user}":
+        personal = namespace_of(channel) == PERSONAL_NAMESPACE
+        if personal and (user is None or channel != f"user:{user}"):
             raise _forbidden("personal channels are readable by their user only")
         if self.can_subscribe is not None and not await self.can_subscribe(user, channel):
             raise _forbidden(f"subscribing to {channel!r} is not allowed")

@@ -14,6 +14,9 @@ import dataclasses
 import enum
 from typing import Any
 
+import orjson
+
+from wshub.brokers.base import Publication
 from wshub.channels import MAX_CHANNEL_LENGTH, is_valid_channel
 from wshub.errors import ErrorCode, ProtocolError
 
@@ -33,6 +36,8 @@ class Op(enum.StrEnum):
     PONG = "pong"
     CONNECT = "connect"
     REFRESH = "refresh"
+    PRESENCE = "presence"
+    HISTORY = "history"
 
 
 #: Op values to ops; a lookup that cannot raise, unlike ``Op(value)``.
@@ -51,6 +56,7 @@ class Command:
         since: the last offset the client saw, for ``subscribe`` with recovery.
         epoch: the history epoch the client saw ``since`` in.
         token: the credentials, for ``connect`` and ``refresh``.
+        limit: the most publications to return, for ``history``.
     """
 
     op: Op
@@ -60,6 +66,7 @@ class Command:
     since: int | None = None
     epoch: str | None = None
     token: str | None = None
+    limit: int | None = None
 
 
 def parse_command(frame: object) -> Command:
@@ -96,13 +103,19 @@ def parse_command(frame: object) -> Command:
         if "data" not in frame:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "publish needs 'data'", request_id)
         return Command(op, request_id, channel, data=frame["data"])
-    if op is Op.SUBSCRIBE:
-        since = _optional(frame, "since", int, request_id)
-        if since is not None and since < 0:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "'since' must be >= 0", request_id)
+    if op is Op.SUBSCRIBE or op is Op.HISTORY:
+        since = _non_negative(frame, "since", request_id)
         epoch = _optional(frame, "epoch", str, request_id)
-        return Command(op, request_id, channel, since=since, epoch=epoch)
+        limit = _non_negative(frame, "limit", request_id) if op is Op.HISTORY else None
+        return Command(op, request_id, channel, since=since, epoch=epoch, limit=limit)
     return Command(op, request_id, channel)
+
+
+def _non_negative(frame: dict[Any, Any], name: str, request_id: int | str | None) -> int | None:
+    value: int | None = _optional(frame, name, int, request_id)
+    if value is not None and value < 0:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"'{name}' must be >= 0", request_id)
+    return value
 
 
 def _request_id(value: object) -> int | str | None:
@@ -176,3 +189,13 @@ def truncate_reason(reason: str, limit: int = MAX_REASON_BYTES) -> str:
     if len(encoded) <= limit:
         return reason
     return encoded[:limit].decode(errors="ignore")
+
+
+def publication_object(channel: str, publication: Publication) -> dict[str, Any]:
+    """A publication as the ``messages`` of subscribe and history replies show it."""
+    item: dict[str, Any] = {"channel": channel, "data": orjson.loads(publication.data)}
+    if publication.offset is not None:
+        item["offset"] = publication.offset
+    if publication.origin is not None:
+        item["from"] = publication.origin
+    return item

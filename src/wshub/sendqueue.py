@@ -120,6 +120,15 @@ class SendQueue:
         self._bytes += frame.size
         return True
 
+    def push(self, frame: Frame) -> None:
+        """Queue a small control frame (a ping) whatever the limits and the policy.
+
+        A dropped ping would read as a dead client (4009) rather than a slow one; pings
+        come one per interval, so this cannot grow the queue by more than one frame.
+        """
+        self._frames.append(frame)
+        self._bytes += frame.size
+
     def pop(self) -> Frame:
         """Remove and return the oldest frame.
 

@@ -32,8 +32,11 @@ class Settings(BaseSettings):
         ws_ping_interval, ws_ping_timeout: WebSocket protocol pings sent by the server
             (uvicorn), the liveness check of library-mode endpoints.
         max_subscriptions: channels one connection may be subscribed to at once.
-        max_inbound_messages: library mode: messages received but not yet consumed by the
-            endpoint's loop; a client that outruns its handler by more is closed with 4029.
+        presence_ttl: seconds a presence entry outlives its process (entries are
+            refreshed every third of it; a killed worker's entries vanish after it).
+        max_inbound_messages, max_inbound_bytes: library mode: messages (and their bytes)
+            received but not yet consumed by the endpoint's loop; a client that outruns
+            its handler by more is closed with 4029.
         close_timeout: seconds a close may take (queue flush included) before the
             connection is dropped without one.
         shutdown_timeout: seconds graceful shutdown waits for queues to drain.
@@ -79,7 +82,9 @@ class Settings(BaseSettings):
     ws_ping_timeout: float = Field(default=20.0, gt=0)
 
     max_subscriptions: int = Field(default=128, ge=1)
+    presence_ttl: float = Field(default=30.0, gt=0)
     max_inbound_messages: int = Field(default=256, ge=1)
+    max_inbound_bytes: int = Field(default=1 * MIB, ge=1)
     close_timeout: float = Field(default=5.0, gt=0)
     shutdown_timeout: float = Field(default=10.0, gt=0)
     per_message_deflate: bool = False

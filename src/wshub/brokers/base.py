@@ -41,11 +41,14 @@ class Publication:
         data: the payload, JSON-encoded once by the publisher.
         offset: position in the channel's history, when the channel keeps one.
         origin: the client id of the publishing connection, when there was one.
+        event: None for a message; ``"join"`` or ``"leave"`` for a presence change,
+            whose ``data`` is then the JSON object ``{"client","user"}``.
     """
 
     data: bytes
     offset: int | None = None
     origin: str | None = None
+    event: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -54,9 +57,25 @@ class PublishResult:
 
     Attributes:
         offset: the publication's history offset, or None without history.
+        epoch: the history's epoch, or None without history.
     """
 
     offset: int | None = None
+    epoch: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HistoryOptions:
+    """How much of a channel's past a broker keeps.
+
+    Attributes:
+        size: publications kept (the oldest go first).
+        ttl: seconds a publication is kept; the whole history (and its epoch) is
+            forgotten when nothing was published for that long.
+    """
+
+    size: int
+    ttl: float
 
 
 class BrokerState(enum.StrEnum):
@@ -114,17 +133,29 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     async def publish(
-        self, channel: str, data: bytes, *, origin: str | None = None
+        self,
+        channel: str,
+        data: bytes,
+        *,
+        origin: str | None = None,
+        history: HistoryOptions | None = None,
+        event: str | None = None,
     ) -> PublishResult:
         """Publish JSON-encoded ``data`` to every subscriber of ``channel`` in every process.
+
+        With ``history``, the publication also gets the channel's next offset (1, 2,
+        3, ...) and is kept; assigning the offset and delivering are one atomic step,
+        so offset order is delivery order in every process.
 
         Args:
             channel: the channel name.
             data: the payload, JSON-encoded; handed on unchanged.
             origin: the publishing client's id, carried to subscribers as ``from``.
+            history: keep the publication in the channel's history.
+            event: ``"join"``/``"leave"`` for presence changes (never kept in history).
 
         Returns:
-            The publication's offset, when the channel keeps history.
+            The publication's offset and the history's epoch, when kept.
 
         Raises:
             BrokerUnavailable: the broker cannot carry the publication now.

@@ -1,18 +1,34 @@
-"""The in-memory broker: one process, no dependencies, the embedded default."""
+"""The in-memory broker: one process, no dependencies, the embedded default.
+
+It keeps history in ring buffers and presence in a table of this process, so
+both work for a single worker; several workers need a shared broker (Redis).
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
-from wshub.brokers.base import Broker, BrokerEvents, BrokerState, Publication, PublishResult
+from wshub.brokers.base import (
+    Broker,
+    BrokerEvents,
+    BrokerState,
+    HistoryOptions,
+    Publication,
+    PublishResult,
+)
+from wshub.history import History, HistoryPage, MemoryHistory
+from wshub.presence import ClientInfo, MemoryPresence, Presence
 
 
-class MemoryBroker(Broker):
+class MemoryBroker(Broker, History, Presence):
     """Delivers publications within this process, synchronously and in publish order."""
 
     def __init__(self) -> None:
         self._events: BrokerEvents | None = None
         self._channels: set[str] = set()
+        self._history = MemoryHistory()
+        self._presence = MemoryPresence()
 
     async def start(self, events: BrokerEvents) -> None:
         self._events = events
@@ -31,9 +47,38 @@ class MemoryBroker(Broker):
         self._channels.difference_update(channels)
 
     async def publish(
-        self, channel: str, data: bytes, *, origin: str | None = None
+        self,
+        channel: str,
+        data: bytes,
+        *,
+        origin: str | None = None,
+        history: HistoryOptions | None = None,
+        event: str | None = None,
     ) -> PublishResult:
+        if history is not None and event is None:
+            publication = self._history.append(channel, data, origin, history)
+            result = PublishResult(publication.offset, self._history.position(channel).epoch)
+        else:
+            publication, result = Publication(data, None, origin, event), PublishResult()
         events = self._events
         if events is not None and channel in self._channels:
-            events.on_publication(channel, Publication(data, None, origin))
-        return PublishResult()
+            events.on_publication(channel, publication)
+        # Delivery above only enqueued. Yield once so that writers can send before the
+        # next publish: a tight publish loop would otherwise never let them run, and
+        # fill every queue (4008) however fast the clients read.
+        await asyncio.sleep(0)
+        return result
+
+    async def history(
+        self, channel: str, *, since: int | None = None, limit: int | None = None
+    ) -> HistoryPage:
+        return self._history.read(channel, since, limit)
+
+    async def presence_add(self, channel: str, entries: list[ClientInfo], ttl: float) -> None:
+        self._presence.add(channel, entries, ttl)
+
+    async def presence_remove(self, channel: str, clients: list[str]) -> None:
+        self._presence.remove(channel, clients)
+
+    async def presence(self, channel: str) -> dict[str, ClientInfo]:
+        return self._presence.read(channel)

@@ -56,7 +56,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from wshub.brokers.base import Broker, BrokerEvents, BrokerState, Publication, PublishResult
+from wshub.brokers.base import (
+    Broker,
+    BrokerEvents,
+    BrokerState,
+    HistoryOptions,
+    Publication,
+    PublishResult,
+)
 from wshub.errors import BrokerUnavailable
 
 logger = logging.getLogger(__name__)
@@ -397,7 +404,13 @@ class RedisBroker(Broker):
         await _wait(self._subs.request(channels))
 
     async def publish(
-        self, channel: str, data: bytes, *, origin: str | None = None
+        self,
+        channel: str,
+        data: bytes,
+        *,
+        origin: str | None = None,
+        history: HistoryOptions | None = None,
+        event: str | None = None,
     ) -> PublishResult:
         """Publish ``data`` on ``prefix + channel``; plain JSON, or an envelope with ``origin``.
 
@@ -413,6 +426,8 @@ class RedisBroker(Broker):
             BrokerUnavailable: not connected (raised at once, without network I/O),
                 or Redis failed the command.
         """
+        if history is not None or event is not None:
+            raise NotImplementedError("history and presence events on Redis: not yet")
         client = self._client
         if client is None or self.state is not BrokerState.CONNECTED:
             raise BrokerUnavailable(

@@ -15,8 +15,16 @@ from wshub.auth import Identity
 from wshub.errors import BrokerUnavailable, CloseCode
 from wshub.fastapi import add_health_routes, mount
 from wshub.hub import Hub
+from wshub.permissions import Namespace
 
-hub = Hub()
+# chat:<room> keeps 100 messages for 5 minutes (recovery on reconnect) and shows
+# who is there; every other channel is open, without history or presence.
+hub = Hub(
+    namespaces={
+        "chat": Namespace(history_size=100, history_ttl=300, presence=True, join_leave=True),
+        "*": Namespace(),
+    }
+)
 app = FastAPI(title="wshub demo", lifespan=hub.lifespan)
 mount(app, hub, "/ws")
 add_health_routes(app, hub)

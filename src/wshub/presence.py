@@ -1,0 +1,168 @@
+"""Presence: who is in a channel, across every process.
+
+Each process adds an entry for each of its connections in a channel that tracks
+presence and removes it when the connection leaves. Entries carry an expiry
+(``presence_ttl``) that the owning process refreshes; a process that dies without
+cleaning up (SIGKILL, power loss) has its entries expire, so they vanish within
+``presence_ttl`` seconds everywhere.
+
+This module holds the interface brokers implement (`Presence`), the entry type,
+and `MemoryPresence`, the table the memory broker keeps.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+import orjson
+
+from wshub.errors import WshubError
+
+logger = logging.getLogger("wshub.presence")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """One connection present in a channel.
+
+    Attributes:
+        client: the connection's id.
+        user: its user, or None when anonymous.
+        info: public information about the user, or None.
+    """
+
+    client: str
+    user: str | None
+    info: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The entry as the ``presence`` reply shows it (keyed by client elsewhere)."""
+        return {"user": self.user, "info": self.info}
+
+
+class Presence(abc.ABC):
+    """Keeps presence entries; implemented by brokers that track presence."""
+
+    @abc.abstractmethod
+    async def presence_add(self, channel: str, entries: list[ClientInfo], ttl: float) -> None:
+        """Add or refresh entries of ``channel`` that expire after ``ttl`` seconds.
+
+        Raises:
+            BrokerUnavailable: the entries could not be written.
+        """
+
+    @abc.abstractmethod
+    async def presence_remove(self, channel: str, clients: list[str]) -> None:
+        """Remove entries of ``channel`` (missing ones are ignored)."""
+
+    @abc.abstractmethod
+    async def presence(self, channel: str) -> dict[str, ClientInfo]:
+        """Return the live entries of ``channel``, keyed by client id.
+
+        Raises:
+            BrokerUnavailable: the entries could not be read.
+        """
+
+
+class MemoryPresence:
+    """The presence table of one process."""
+
+    def __init__(self) -> None:
+        self._channels: dict[str, dict[str, tuple[float, ClientInfo]]] = {}
+
+    def add(self, channel: str, entries: list[ClientInfo], ttl: float) -> None:
+        """Add or refresh entries."""
+        expires = time.monotonic() + ttl
+        table = self._channels.setdefault(channel, {})
+        for entry in entries:
+            table[entry.client] = (expires, entry)
+
+    def remove(self, channel: str, clients: list[str]) -> None:
+        """Remove entries."""
+        table = self._channels.get(channel)
+        if table is None:
+            return
+        for client in clients:
+            table.pop(client, None)
+        if not table:
+            del self._channels[channel]
+
+    def read(self, channel: str) -> dict[str, ClientInfo]:
+        """Return live entries, dropping expired ones."""
+        table = self._channels.get(channel)
+        if not table:
+            return {}
+        now = time.monotonic()
+        for client in [c for c, (expires, _) in table.items() if expires <= now]:
+            del table[client]
+        return {client: entry for client, (_, entry) in table.items()}
+
+
+class PresenceTracker:
+    """A hub's side of presence: its connections' entries, join/leave events, refreshes.
+
+    Args:
+        broker: the hub's broker; presence needs it to implement `Presence`.
+        ttl: seconds an entry lives unless refreshed (`refresh` runs every ttl/3).
+
+    Broker failures are logged, not raised: a missed entry is added again by the
+    next refresh once the broker is back, and a missed removal expires by itself.
+    """
+
+    def __init__(self, broker: object, ttl: float) -> None:
+        self._broker = broker if isinstance(broker, Presence) else None
+        self._publish = getattr(broker, "publish", None)
+        self.ttl = ttl
+        self._local: dict[str, dict[str, ClientInfo]] = {}
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the broker keeps presence."""
+        return self._broker is not None
+
+    async def join(self, channel: str, entry: ClientInfo, presence: bool, events: bool) -> None:
+        """Record ``entry`` in ``channel`` and/or tell its subscribers."""
+        if presence and self._broker is not None:
+            self._local.setdefault(channel, {})[entry.client] = entry
+            await self._quietly(self._broker.presence_add(channel, [entry], self.ttl))
+        if events:
+            await self._event(channel, "join", entry)
+
+    async def leave(self, channel: str, entry: ClientInfo, presence: bool, events: bool) -> None:
+        """Remove ``entry`` from ``channel`` and/or tell its subscribers."""
+        if presence and self._broker is not None:
+            local = self._local.get(channel)
+            if local is not None:
+                local.pop(entry.client, None)
+                if not local:
+                    del self._local[channel]
+            await self._quietly(self._broker.presence_remove(channel, [entry.client]))
+        if events:
+            await self._event(channel, "leave", entry)
+
+    async def refresh(self) -> None:
+        """Re-add every local entry, pushing their expiry back."""
+        if self._broker is None:
+            return
+        for channel, entries in list(self._local.items()):
+            await self._quietly(
+                self._broker.presence_add(channel, list(entries.values()), self.ttl)
+            )
+
+    async def _event(self, channel: str, event: str, entry: ClientInfo) -> None:
+        if self._publish is None:
+            return
+        data = orjson.dumps({"client": entry.client, "user": entry.user})
+        await self._quietly(self._publish(channel, data, event=event))
+
+    @staticmethod
+    async def _quietly(call: Awaitable[object]) -> None:
+        try:
+            await call
+        except WshubError as exc:  # BrokerUnavailable: refreshes and expiry make up for it
+            logger.debug("presence update skipped: %s", exc)
