@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,redis]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,redis,bench]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -27,6 +27,10 @@ fmt: venv
 
 test: lint
 	$(BIN)/pytest
+
+# Side-by-side figures (medians of 3 interleaved runs); see README "Benchmarks".
+bench: venv
+	$(BIN)/wshub bench compare --runs 3
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

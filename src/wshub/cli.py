@@ -1,10 +1,10 @@
-"""The ``wshub`` command line: ``wshub serve`` and ``wshub publish``."""
+"""The ``wshub`` command line: ``wshub serve``, ``wshub publish`` and ``wshub bench``."""
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import orjson
 import typer
@@ -12,6 +12,9 @@ import typer
 from wshub.errors import WshubError
 from wshub.server import DEFAULT_APP, run
 from wshub.settings import Settings
+
+if TYPE_CHECKING:
+    from wshub.bench.runner import Result
 
 app = typer.Typer(no_args_is_help=True, help="wshub: a real-time WebSocket hub for FastAPI.")
 
@@ -75,3 +78,82 @@ def publish(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"published to {channel} ({receivers} hub process(es) subscribed)")
+
+
+bench_app = typer.Typer(help="Measure wshub and its baselines (see docs/benchmarks.md).")
+app.add_typer(bench_app, name="bench")
+
+_BENCH_OPTIONS = {
+    "subscribers": "subscribers (connections for idle)",
+    "payload": "payload size in bytes",
+    "window": "messages in flight (as-fast-as-possible mode)",
+    "rate": "messages per second instead of as fast as possible",
+    "duration": "seconds of publishing, at most",
+    "count": "messages, at most",
+    "runs": "runs per target; the median is reported",
+}
+
+
+@bench_app.command("run")
+def bench_run(
+    scenario: Annotated[str, typer.Argument(help="fanout, slow, rooms or idle")] = "fanout",
+    target: Annotated[
+        str, typer.Option(help="wshub, wshub-chat, seed, seed-once, socketio, websockets, bare")
+    ] = "wshub",
+    subscribers: Annotated[int, typer.Option(help=_BENCH_OPTIONS["subscribers"])] = 1000,
+    payload: Annotated[int, typer.Option(help=_BENCH_OPTIONS["payload"])] = 100,
+    window: Annotated[int, typer.Option(help=_BENCH_OPTIONS["window"])] = 50,
+    rate: Annotated[float | None, typer.Option(help=_BENCH_OPTIONS["rate"])] = None,
+    duration: Annotated[float, typer.Option(help=_BENCH_OPTIONS["duration"])] = 5.0,
+    count: Annotated[int, typer.Option(help=_BENCH_OPTIONS["count"])] = 100_000,
+    rooms: Annotated[int, typer.Option(help="channels, for rooms")] = 100,
+    runs: Annotated[int, typer.Option(help=_BENCH_OPTIONS["runs"])] = 1,
+    json_output: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Run one scenario against one target."""
+    from wshub.bench.report import median_result, print_results
+    from wshub.bench.runner import Options, run
+    from wshub.bench.targets import TARGETS
+
+    if target not in TARGETS:
+        raise typer.BadParameter(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
+    options = Options(subscribers, payload, window, rate, duration, count, rooms)
+    results = [median_result([run(scenario, TARGETS[target], options) for _ in range(runs)])]
+    print_results(results, as_json=json_output, title=f"wshub bench {scenario}")
+
+
+@bench_app.command("compare")
+def bench_compare(
+    targets: Annotated[str, typer.Option(help="comma-separated targets")] = (
+        "wshub,wshub-chat,seed,seed-once,socketio,websockets"
+    ),
+    subscribers: Annotated[int, typer.Option(help=_BENCH_OPTIONS["subscribers"])] = 1000,
+    payload: Annotated[int, typer.Option(help=_BENCH_OPTIONS["payload"])] = 100,
+    rate: Annotated[float | None, typer.Option(help=_BENCH_OPTIONS["rate"])] = None,
+    duration: Annotated[float, typer.Option(help=_BENCH_OPTIONS["duration"])] = 5.0,
+    count: Annotated[int, typer.Option(help=_BENCH_OPTIONS["count"])] = 100_000,
+    runs: Annotated[int, typer.Option(help=_BENCH_OPTIONS["runs"])] = 3,
+    json_output: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Run fanout against several targets side by side; print medians and ratios."""
+    from wshub.bench.report import median_result, print_results, ratios
+    from wshub.bench.runner import Options, run
+    from wshub.bench.targets import TARGETS
+
+    names = [name.strip() for name in targets.split(",") if name.strip()]
+    unknown = [name for name in names if name not in TARGETS]
+    if unknown:
+        raise typer.BadParameter(f"unknown targets {unknown}; known: {', '.join(TARGETS)}")
+    options = Options(subscribers, payload, 50, rate, duration, count)
+    runs_by_target: dict[str, list[Result]] = {name: [] for name in names}
+    for _ in range(runs):  # interleaved, so that machine noise spreads over every target
+        for name in names:
+            runs_by_target[name].append(run("fanout", TARGETS[name], options))
+    results = [median_result(runs_by_target[name]) for name in names]
+    extra: dict[str, object] = {}
+    for baseline in ("websockets", "socketio", "seed-once", "seed"):
+        if baseline in names:
+            extra[f"ratio to {baseline}"] = {
+                k: round(v, 2) for k, v in ratios(results, baseline).items()
+            }
+    print_results(results, as_json=json_output, title="wshub bench compare (medians)", extra=extra)
