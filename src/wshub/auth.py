@@ -127,7 +127,8 @@ class JWTAuthenticator(Authenticator):
         key: the HMAC secret, or the PEM public key for RS*/PS*/ES*/EdDSA.
         algorithms: the accepted algorithms.
         audience, issuer: when set, the ``aud`` / ``iss`` claims must match.
-        leeway: seconds of clock skew allowed on ``exp`` and ``nbf``.
+        leeway: seconds of clock skew allowed on ``exp`` and ``nbf``; connections
+            expire at ``exp`` plus the leeway, when the token stops being accepted.
         user_claim: the claim holding the user id.
         info_claim: the claim holding public user info (a JSON object), if any.
         require_exp: refuse tokens without ``exp``.
@@ -183,7 +184,9 @@ class JWTAuthenticator(Authenticator):
             raise AuthError("token expired") from None
         except jwt.ImmatureSignatureError:
             raise AuthError("token not valid yet") from None
-        except jwt.InvalidTokenError as exc:
+        except jwt.PyJWTError as exc:
+            # PyJWTError, not only InvalidTokenError: a token whose header names an allowed
+            # algorithm of another key type (ES256 against an RSA key) raises InvalidKeyError.
             raise AuthError(f"invalid token: {type(exc).__name__}") from None
         user = claims[self.user_claim]
         if not isinstance(user, str | int) or isinstance(user, bool) or user == "":
@@ -192,7 +195,8 @@ class JWTAuthenticator(Authenticator):
         expires = claims.get("exp")
         return Identity(
             str(user),
-            float(expires) if isinstance(expires, int | float) else None,
+            # The connection lasts as long as the token would still be accepted.
+            float(expires) + self.leeway if isinstance(expires, int | float) else None,
             info if isinstance(info, dict) else None,
         )
 

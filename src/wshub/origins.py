@@ -40,16 +40,19 @@ def origin_allowed(origin: str | None, host: str | None, allowed: frozenset[str]
         return True
     if host is None:
         return False
-    theirs, ours = urlsplit(origin.lower()), urlsplit("//" + host.lower())
-    if theirs.netloc == ours.netloc:
-        return True
-    # localhost, 127.0.0.1 and [::1] on the same port are this very server: a page
-    # served at http://127.0.0.1:8000 may open ws://localhost:8000 (the seed snippet does).
-    return (
-        theirs.hostname in _LOOPBACK
-        and ours.hostname in _LOOPBACK
-        and (theirs.port or _default_port(theirs.scheme)) == (ours.port or 80)
-    )
+    try:
+        theirs, ours = urlsplit(origin.lower()), urlsplit("//" + host.lower())
+        if theirs.netloc == ours.netloc:
+            return True
+        # localhost, 127.0.0.1 and [::1] on the same port are this very server: a page
+        # served at http://127.0.0.1:8000 may open ws://localhost:8000 (the seed snippet does).
+        return (
+            theirs.hostname in _LOOPBACK
+            and ours.hostname in _LOOPBACK
+            and (theirs.port or _default_port(theirs.scheme)) == (ours.port or 80)
+        )
+    except ValueError:  # both headers are the client's: a bad port or IPv6 literal is a refusal
+        return False
 
 
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
