@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv run lint fmt test bench clean
+.PHONY: venv run lint fmt test browser-deps bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,8 +25,23 @@ fmt: venv
 	$(BIN)/ruff format src tests
 	$(BIN)/ruff check --fix src tests
 
-test: lint
+test: browser-deps lint
 	$(BIN)/pytest
+
+# Browser tests drive Debian's chromium through Playwright (never a downloaded browser),
+# and tests/js runs on node. As root, install what is missing; otherwise say what to install
+# (the tests then skip with the same hint, and fail under CI=true).
+browser-deps:
+	@missing=""; \
+	test -x /usr/bin/chromium || missing=" chromium"; \
+	command -v node >/dev/null || missing="$$missing nodejs"; \
+	if [ -z "$$missing" ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "installing$$missing for the browser and JS tests"; \
+		apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \
+	else \
+		echo "browser/JS tests will skip: run  sudo apt-get install$$missing"; \
+	fi
 
 # Side-by-side figures (medians of 3 interleaved runs); see README "Benchmarks".
 bench: venv

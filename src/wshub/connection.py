@@ -234,9 +234,16 @@ class Connection:
     async def _write_loop(self) -> None:
         send = self.websocket.send
         queue = self.queue
+        stats = self.hub.stats
+        # Frames and bytes sent, counted in locals and added to the hub's stats when the
+        # writer runs out of work or ends: nothing but two local additions per send.
+        sent = size = 0
         try:
             while self.state is not ConnectionState.CLOSED:
                 if not queue:
+                    stats.frames_sent += sent
+                    stats.bytes_sent += size
+                    sent = size = 0
                     if self._close_frame is not None:
                         code, reason = self._close_frame
                         await send({"type": "websocket.close", "code": code, "reason": reason})
@@ -246,20 +253,29 @@ class Connection:
                     await self._waiter
                     continue
                 if self._pack_max:
+                    size += queue.bytes
                     batch = queue.pop_batch(self._pack_max)
+                    size -= queue.bytes
                     text = batch[0].data if len(batch) == 1 else "\n".join([f.data for f in batch])  # type: ignore[misc]
                     await send({"type": "websocket.send", "text": text})
+                    sent += len(batch)
                     continue
-                data = queue.pop().data
+                frame = queue.pop()
+                data = frame.data
                 if isinstance(data, str):
                     await send({"type": "websocket.send", "text": data})
                 else:
                     await send({"type": "websocket.send", "bytes": data})
+                sent += 1
+                size += frame.size
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the client went away mid-send: any transport error ends us
             logger.debug("connection %s: send failed: %r", self.id, exc)
             self._mark_closed(self.close_code or CloseCode.INTERNAL_ERROR)
+        finally:
+            stats.frames_sent += sent
+            stats.bytes_sent += size
 
     # -- receiving -----------------------------------------------------------------------------
 
@@ -274,6 +290,7 @@ class Connection:
         if message["type"] == "websocket.disconnect":
             self._mark_closed(message.get("code", CloseCode.NORMAL))
             return message
+        self.hub.stats.frames_received += 1
         if self._too_big(message):
             self.close(CloseCode.MESSAGE_TOO_BIG, "message too big", drain=False)
             return {"type": "websocket.disconnect", "code": CloseCode.MESSAGE_TOO_BIG}

@@ -29,6 +29,7 @@ from wshub.connection import Connection, ConnectionState, Message
 from wshub.errors import BrokerUnavailable, CloseCode, ErrorCode, ProtocolError, PublishError
 from wshub.hub import Hub
 from wshub.limits import TokenBucket
+from wshub.logs import log_identified, log_refused
 from wshub.protocol import (
     Command,
     Op,
@@ -95,6 +96,7 @@ class ProtocolEndpoint:
                 identity, pending = settled
                 if not await self.hub.identify(conn, identity):
                     return
+                log_identified(conn)
             conn.send(welcome(conn.id, conn.user, self.hub.settings.ping_interval))
             if pending is not None:
                 await self.handle(conn, pending)
@@ -128,7 +130,10 @@ class ProtocolEndpoint:
         return await auth(websocket)
 
     async def _refuse(self, websocket: WebSocket, subprotocol: str | None, reason: str) -> None:
-        self.hub.stats.auth_failures += 1
+        # Refused before `connect`: no Connection, so the close is counted and logged here.
+        self.hub.stats.auth_failed(reason)
+        self.hub.stats.closes[CloseCode.UNAUTHORIZED] += 1
+        log_refused(websocket, CloseCode.UNAUTHORIZED, reason)
         await websocket.accept(subprotocol=subprotocol)
         await websocket.close(CloseCode.UNAUTHORIZED, reason)
 
@@ -177,12 +182,13 @@ class ProtocolEndpoint:
         return (token if isinstance(token, str) and token else None), True
 
     def _unauthorized(self, conn: Connection, reason: str) -> None:
-        self.hub.stats.auth_failures += 1
+        self.hub.stats.auth_failed(reason)
         conn.close(CloseCode.UNAUTHORIZED, reason, drain=False)
 
     async def handle(self, conn: Connection, message: dict[str, Any]) -> None:
         """Decode, run and answer one client message. Never raises for bad input."""
         request_id: int | str | None = None
+        command: Command | None = None
         try:
             command = parse_command(conn.codec.decode(message.get("text"), message.get("bytes")))
             request_id = command.id
@@ -196,7 +202,16 @@ class ProtocolEndpoint:
             conn.send(error_reply(request_id, ErrorCode.UNAVAILABLE, str(exc) or "broker down"))
             return
         except Exception:
-            logger.exception("connection %s: internal error", conn.id)
+            # The op and channel give the context; the frame itself may carry a token.
+            op, channel = (None, None) if command is None else (command.op.value, command.channel)
+            logger.exception(
+                "connection %s (user %s): internal error in %s on channel %s",
+                conn.id,
+                conn.user,
+                op,
+                channel,
+                extra={"connection": conn.id, "user": conn.user, "op": op, "channel": channel},
+            )
             conn.send(error_reply(request_id, ErrorCode.INTERNAL, "internal error"))
             return
         if request_id is not None and result is not None:

@@ -62,6 +62,11 @@ class History(abc.ABC):
     ) -> HistoryPage:
         """Read publications of ``channel``.
 
+        When this process is subscribed to ``channel``, every publication up to the
+        returned position must have reached `BrokerEvents.on_publication` before this
+        returns: recovery skips the live ones held back meanwhile that the page
+        covers, and one arriving later would reach the client twice.
+
         Args:
             since: return those with an offset greater than this, oldest first (up to
                 ``limit``); None returns the newest ``limit`` publications.

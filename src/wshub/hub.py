@@ -10,6 +10,7 @@ synchronous loop: no task, future or socket write per recipient.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -20,6 +21,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
 from typing import Any
 
+import orjson
 from starlette.exceptions import WebSocketException
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -32,6 +34,7 @@ from wshub.auth import (
 )
 from wshub.brokers import Broker, BrokerState, Publication, PublishResult, broker_from_url
 from wshub.brokers.base import HistoryOptions
+from wshub.buckets import LATENCY_BOUNDS, Buckets
 from wshub.channels import (
     BROADCAST_CHANNEL,
     MAX_CHANNEL_LENGTH,
@@ -43,7 +46,7 @@ from wshub.codecs import CODECS, RAW_JSON, Codec, encode_data
 from wshub.connection import Connection, ConnectionState
 from wshub.errors import CloseCode, ErrorCode, ProtocolError, PublishError
 from wshub.history import History, HistoryPage, recovered
-from wshub.logs import install_redaction
+from wshub.logs import install_redaction, log_connected, log_disconnected, log_refused
 from wshub.permissions import Namespace, Permissions, PublishHook, SubscribeHook
 from wshub.presence import ClientInfo, Presence, PresenceTracker
 from wshub.protocol import PING, publication_object
@@ -53,6 +56,21 @@ from wshub.settings import Settings
 logger = logging.getLogger("wshub.hub")
 
 _RUNNING: weakref.WeakSet[Hub] = weakref.WeakSet()
+
+#: The ``origin`` marking a publication on a ``#user:`` channel as a disconnect command
+#: (client ids are hex, so no client can be it); see `Hub.disconnect_user`.
+DISCONNECT_ORIGIN = "#disconnect"
+# Close codes a server may send besides the private range 3000-4999 (RFC 6455, 7.4.1).
+_SENDABLE_CODES = frozenset({1000, 1001, 1008, 1011, 1012, 1013})
+
+
+def sendable_close_code(code: int) -> bool:
+    """Tell whether a server may close with ``code`` (1000, 1001, 1008, 1011-1013, 3000-4999)."""
+    return code in _SENDABLE_CODES or 3000 <= code <= 4999
+
+
+# Publications timed for the latency histogram and not back yet, at most.
+_MAX_TIMED_PUBLISHES = 1000
 
 
 def running_hubs() -> list[Hub]:
@@ -73,6 +91,16 @@ class HubStats:
         refused: connections closed with 1013 by the connection limits.
         auth_failures: connections closed with 4001 (bad, missing or expired credentials).
         rate_limited: client frames refused by the rate limit.
+        frames_received: WebSocket messages received from clients.
+        frames_sent: frames sent to clients (several may share one packed message);
+            added by each writer when it runs out of work, so a busy one lags a little.
+        bytes_sent: encoded bytes of the frames sent, counted alike.
+        closes: connections ended, by close code (refused ones included).
+        drops: ``dropped``, by overflow policy (``drop_oldest`` / ``drop_newest``).
+        auth_reasons: ``auth_failures``, by reason (the close reason sent).
+        publish_latency: seconds from `Hub.publish` in this process to the publication
+            being enqueued for its local members (publications to channels with local
+            members only).
     """
 
     connections: int = 0
@@ -83,6 +111,18 @@ class HubStats:
     refused: int = 0
     auth_failures: int = 0
     rate_limited: int = 0
+    frames_received: int = 0
+    frames_sent: int = 0
+    bytes_sent: int = 0
+    closes: collections.Counter[int] = dataclasses.field(default_factory=collections.Counter)
+    drops: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    auth_reasons: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    publish_latency: Buckets = dataclasses.field(default_factory=lambda: Buckets(LATENCY_BOUNDS))
+
+    def auth_failed(self, reason: str) -> None:
+        """Count one authentication failure with its close reason."""
+        self.auth_failures += 1
+        self.auth_reasons[reason] += 1
 
 
 class Hub:
@@ -142,6 +182,11 @@ class Hub:
         self._presence = PresenceTracker(broker, settings.presence_ttl)
         self._presence_task: asyncio.Task[None] | None = None
         self._emptied: asyncio.Event | None = None
+        # (channel, payload) -> perf_counter() at publish, until it comes back for fan-out.
+        self._publish_started: dict[tuple[str, bytes], float] = {}
+        # Publishes since writers last got to run, and whether a recipient's queue is filling.
+        self._unyielded = 0
+        self._backlogged = False
 
     # -- life -------------------------------------------------------------------------
 
@@ -303,6 +348,8 @@ class Hub:
             self._heartbeats[conn] = None
         if identity is not None:
             await self.identify(conn, identity)
+        if conn.state is ConnectionState.OPEN:
+            log_connected(conn)
 
     async def identify(self, conn: Connection, identity: Identity) -> bool:
         """Bind an open connection to the identity it authenticated as.
@@ -340,8 +387,14 @@ class Hub:
             self._expiring[conn] = None
 
     async def _detach(self, conn: Connection) -> None:
+        self.stats.closes[conn.close_code or CloseCode.NORMAL] += 1
         if self._connections.pop(conn.id, None) is None:
+            # Never registered: refused by a limit (1013) or while shutting down (1001).
+            log_refused(conn.websocket, conn.close_code or CloseCode.NORMAL, conn.close_reason)
             return
+        log_disconnected(conn)
+        if conn.queue.dropped:
+            self.stats.drops[conn.queue.policy.value] += conn.queue.dropped
         self._heartbeats.pop(conn, None)
         self._expiring.pop(conn, None)
         self.stats.dropped += conn.queue.dropped
@@ -382,8 +435,11 @@ class Hub:
             return ANONYMOUS
         try:
             return await websocket_identity(self.auth)(websocket)  # type: ignore[no-any-return]
-        except WebSocketException:
-            self.stats.auth_failures += 1
+        except WebSocketException as exc:
+            # Refused before `connect`: no Connection, so the close is counted and logged here.
+            self.stats.auth_failed(exc.reason)
+            self.stats.closes[exc.code] += 1
+            log_refused(websocket, exc.code, exc.reason)
             raise
 
     @property
@@ -399,6 +455,10 @@ class Hub:
     def connections(self) -> list[Connection]:
         """The connections open in this process."""
         return list(self._connections.values())
+
+    def channel_counts(self) -> dict[str, int]:
+        """The channels with local members, each with its number of local members."""
+        return {channel: len(members) for channel, members in self._channels.items()}
 
     def subscribers(self, channel: str) -> list[Connection]:
         """The local members of ``channel``."""
@@ -470,7 +530,9 @@ class Hub:
         conn.recovering[channel] = held
         try:
             await self.subscribe(conn, channel)
-            page = await self.broker.history(channel, since=since, limit=None if since else 0)
+            # since=0 (saw nothing yet) asks for everything: only None means position only.
+            limit = None if since is not None else 0
+            page = await self.broker.history(channel, since=since, limit=limit)
         except BaseException:
             conn.recovering.pop(channel, None)
             await self.unsubscribe(conn, channel)
@@ -634,16 +696,88 @@ class Hub:
         return await self._publish(BROADCAST_CHANNEL, data, None)
 
     async def _publish(self, channel: str, data: object, origin: str | None) -> PublishResult:
+        await self._yield_to_writers()
         try:
             payload = encode_data(data)
         except TypeError as exc:
             raise PublishError(f"data cannot be encoded as JSON: {exc}") from None
         history = self.history_options(channel)
-        return await self.broker.publish(channel, payload, origin=origin, history=history)
+        timed = self._time_publish(channel, payload)
+        try:
+            return await self.broker.publish(channel, payload, origin=origin, history=history)
+        except BaseException:
+            if timed is not None:
+                self._publish_started.pop(timed, None)
+            raise
+
+    async def _yield_to_writers(self) -> None:
+        """Let the writers run before this publish if a queue is half full, or every 64.
+
+        Fan-out only enqueues, and the memory broker never awaits: a tight publish loop
+        would otherwise never let writers run, and overflow (4008) the queues of clients
+        however fast they read. Yielding before every publish would cost one WebSocket
+        message per frame instead: this way a burst is packed into few messages.
+        """
+        self._unyielded += 1
+        if self._backlogged or self._unyielded >= 64:
+            self._backlogged, self._unyielded = False, 0
+            await asyncio.sleep(0)
+
+    def _time_publish(self, channel: str, payload: bytes) -> tuple[str, bytes] | None:
+        """Note when a publication to a channel with local members starts (for its latency)."""
+        if channel not in self._subscribed:
+            return None  # it will not come back here
+        started = self._publish_started
+        if len(started) >= _MAX_TIMED_PUBLISHES:
+            started.clear()  # publications lost on the way (a broker outage) must not pile up
+        key = (channel, payload)
+        started[key] = time.perf_counter()
+        return key
+
+    async def disconnect_user(
+        self, user: str, code: int = CloseCode.NORMAL, reason: str = ""
+    ) -> None:
+        """Close every connection of ``user``, in every process sharing the broker.
+
+        The command travels on the user's own internal channel, so it reaches exactly
+        the processes where ``user`` has connections; each closes them after their
+        queues drain. It returns once the broker took the command, not once the
+        connections are closed.
+
+        Args:
+            user: the user id.
+            code: the close code (1000, 1001, 1008, 1011, 1013 or 3000-4999).
+            reason: the close reason, cut to 123 bytes.
+
+        Raises:
+            ValueError: ``code`` is not one a server may send.
+            BrokerUnavailable: the broker is down; nothing was closed.
+        """
+        if not sendable_close_code(code):
+            raise ValueError(f"close code {code} cannot be sent by a server")
+        command = orjson.dumps({"code": code, "reason": reason})
+        await self.broker.publish(user_channel(user), command, origin=DISCONNECT_ORIGIN)
+
+    def _disconnect(self, members: Iterable[Connection] | None, command: bytes) -> None:
+        try:
+            fields = orjson.loads(command)
+            code, reason = int(fields["code"]), str(fields.get("reason", ""))
+        except (ValueError, TypeError, KeyError):
+            code, reason = 0, ""
+        if not sendable_close_code(code):
+            logger.warning("ignored a malformed disconnect command: %.100r", command)
+            return
+        for conn in list(members or ()):
+            conn.close(code, reason)
 
     def on_publication(self, channel: str, publication: Publication) -> None:
         """Fan a publication out to local members (`BrokerEvents`); never blocks."""
         self.stats.publications += 1
+        started = (
+            self._publish_started.pop((channel, publication.data), None)
+            if self._publish_started
+            else None
+        )
         members: Iterable[Connection] | None
         if channel[0] != "#":
             members = self._channels.get(channel)
@@ -651,6 +785,9 @@ class Hub:
             members = self._connections.values()
         else:
             members = self._users.get(channel[len(USER_CHANNEL_PREFIX) :])
+            if publication.origin == DISCONNECT_ORIGIN:
+                self._disconnect(members, publication.data)
+                return
         if not members:
             return
         # One frame per codec, built on first use: encoded once, not once per recipient.
@@ -669,7 +806,12 @@ class Hub:
                 continue
             conn.enqueue(frame)
             count += 1
+            queue = conn.queue
+            if len(queue) * 2 > queue.max_messages or queue.bytes * 2 > queue.max_bytes:
+                self._backlogged = True  # the next publish lets writers run first
         self.stats.deliveries += count
+        if started is not None:
+            self.stats.publish_latency.observe(time.perf_counter() - started)
 
     def on_state(self, state: BrokerState) -> None:
         """Record the broker's state (`BrokerEvents`)."""
@@ -701,7 +843,7 @@ class Hub:
         expired = [c for c in self._expiring if c.expires_at is not None and c.expires_at <= now]
         for conn in expired:
             del self._expiring[conn]
-            self.stats.auth_failures += 1
+            self.stats.auth_failed("token expired")
             conn.close(CloseCode.UNAUTHORIZED, "token expired", drain=False)
 
 

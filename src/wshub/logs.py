@@ -146,9 +146,12 @@ def log_refused(websocket: HTTPConnection, code: int, reason: str) -> None:
 # -- formats ---------------------------------------------------------------------------------
 
 # Attributes every LogRecord has: anything else on a record came from ``extra=``.
-_STANDARD = frozenset(
-    vars(logging.LogRecord("", 0, "", 0, "", None, None))
-) | {"message", "asctime", "color_message", "taskName"}
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "color_message",
+    "taskName",
+}
 _ACCESS_FIELDS = ("client", "method", "path", "http_version", "status")
 
 
@@ -156,8 +159,8 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, and the record's extra fields.
 
     uvicorn's access lines also get ``client``, ``method``, ``path``, ``http_version``
-    and ``status``. Every line passes through `RedactingFilter.redact` last, exception
-    text included, so a secret can't reach the output whatever logged it.
+    and ``status``. Every string field, the exception text included, passes through
+    `RedactingFilter.redact` last, so a secret can't reach the output whatever logged it.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -186,7 +189,12 @@ class JsonFormatter(logging.Formatter):
             entry.update(zip(_ACCESS_FIELDS, args, strict=True))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return self._redactor.redact(orjson.dumps(entry, default=str).decode())
+        # Redact field by field: on the serialized line an escaped quote would be eaten.
+        redact = self._redactor.redact
+        for key, value in entry.items():
+            if isinstance(value, str):
+                entry[key] = redact(value)
+        return orjson.dumps(entry, default=str).decode()
 
 
 def logging_config(log_format: str = "text", level: str = "info") -> dict[str, Any]:
@@ -222,7 +230,11 @@ def logging_config(log_format: str = "text", level: str = "info") -> dict[str, A
     }
     if log_format == "json":
         formatters = {name: {"()": "wshub.logs.JsonFormatter"} for name in formatters}
-    streams = {"default": "ext://sys.stderr", "access": "ext://sys.stdout", "wshub": "ext://sys.stderr"}
+    streams = {
+        "default": "ext://sys.stderr",
+        "access": "ext://sys.stdout",
+        "wshub": "ext://sys.stderr",
+    }
     handlers = {
         name: {
             "class": "logging.StreamHandler",

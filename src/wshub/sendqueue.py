@@ -31,23 +31,37 @@ class Frame:
     Attributes:
         data: text (``str``) for text frames, ``bytes`` for binary frames.
         size: the encoded size in bytes, counted against the queue's byte limit.
+        raw: the UTF-8 bytes of a text frame (the payload itself for binary), when
+            known: the transport fast path writes these without encoding again.
+        wire: the whole WebSocket frame (header and payload), built on first use by
+            the fast path and then shared by every recipient.
     """
 
-    __slots__ = ("data", "size")
+    __slots__ = ("data", "size", "raw", "wire")
 
-    def __init__(self, data: str | bytes, size: int) -> None:
+    def __init__(self, data: str | bytes, size: int, raw: bytes | None = None) -> None:
         self.data = data
         self.size = size
+        self.raw = raw if raw is not None else data if isinstance(data, bytes) else None
+        self.wire: bytes | None = None
 
     @classmethod
     def text(cls, encoded: bytes) -> Frame:
         """Build a text frame from UTF-8 bytes (decoded once, here)."""
-        return cls(encoded.decode(), len(encoded))
+        return cls(encoded.decode(), len(encoded), encoded)
 
     @classmethod
     def binary(cls, encoded: bytes) -> Frame:
         """Build a binary frame."""
-        return cls(encoded, len(encoded))
+        return cls(encoded, len(encoded), encoded)
+
+    @property
+    def payload(self) -> bytes:
+        """The frame's payload bytes (encoded now, once, if only the text was known)."""
+        if self.raw is None:
+            assert isinstance(self.data, str)
+            self.raw = self.data.encode()
+        return self.raw
 
     def __repr__(self) -> str:
         return f"Frame({self.data!r:.40}, size={self.size})"

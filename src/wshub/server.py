@@ -10,12 +10,14 @@ every running hub close its connections with 1001 after their queues drained
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
 import signal
 import socket
 import time
+from collections.abc import Iterator
 from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
@@ -23,6 +25,8 @@ from typing import Any
 import uvicorn
 
 from wshub.hub import running_hubs
+from wshub.logs import logging_config
+from wshub.metrics import multiprocess_directory, worker_exited
 from wshub.settings import Settings
 
 DEFAULT_APP = "wshub.demo:app"
@@ -34,12 +38,32 @@ class HubServer(uvicorn.Server):
     """A uvicorn server whose shutdown closes hub connections with 1001 before uvicorn's 1012."""
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        started = time.monotonic()
         for server in self.servers:
             server.close()
         hubs = running_hubs()
         if hubs:
             await asyncio.gather(*(hub.shutdown_connections() for hub in hubs))
+        # uvicorn's graceful timeout bounds the whole shutdown, the hubs' drain included:
+        # what the drain used is not granted again to handlers that never return.
+        budget = self.config.timeout_graceful_shutdown
+        if budget is not None:
+            spent = time.monotonic() - started
+            remaining = max(0.5, budget - spent)  # typed int by uvicorn, used as a float
+            self.config.timeout_graceful_shutdown = remaining  # type: ignore[assignment]
         await super().shutdown(sockets)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn's signal handling, without re-raising the signal after shutdown.
+
+        uvicorn raises a captured SIGINT/SIGTERM again once it has shut down, so the
+        process would end with status 130 or "killed by SIGTERM". By then every hub
+        connection has drained and closed: a stop that went as planned exits with 0.
+        """
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
 
 
 def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
@@ -89,12 +113,16 @@ def run(app: Any = DEFAULT_APP, settings: Settings | None = None, **overrides: A
         ValueError: several workers with the in-memory broker, or with an app object.
     """
     settings = settings or Settings()
+    overrides.setdefault("log_config", logging_config(settings.log_format, settings.log_level))
     if settings.workers > 1:
         if settings.broker.startswith("memory"):
             raise ValueError("several workers need a shared broker, e.g. --broker redis://")
         if not isinstance(app, str):
             raise ValueError("several workers need the app as an import string")
-        raise SystemExit(serve_workers(app, settings, **overrides))
+        # Prometheus's multiprocess mode: the workers' metrics add up in one directory.
+        with multiprocess_directory():
+            code = serve_workers(app, settings, **overrides)
+        raise SystemExit(code)
     HubServer(uvicorn_config(app, settings, **overrides)).run()
 
 
@@ -135,9 +163,11 @@ def serve_workers(app: str, settings: Settings, **overrides: Any) -> int:
                     logger.warning(
                         "worker %s died (exit %s); starting another", process.pid, process.exitcode
                     )
+                    worker_exited(process.pid)
                     workers[index] = start()
         for process in workers:
             process.join(settings.shutdown_timeout + 10)
+            worker_exited(process.pid)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

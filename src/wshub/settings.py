@@ -5,6 +5,8 @@ Every limit has a default here, a setting (``WSHUB_<NAME>``) and a test at the l
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -58,6 +60,11 @@ class Settings(BaseSettings):
         rate_limit_strikes: refused frames after which the client is closed with 4029.
         max_connections: connections per process; more are closed with 1013.
         max_connections_per_user: connections per user per process; more get 1013.
+        api_key: the key of the HTTP server API (``Authorization: apikey <key>``);
+            without one the API is not mounted (its paths answer 404).
+        log_format: ``text`` or ``json`` (one JSON object per line), applied by `wshub serve`.
+        metrics_interval: seconds between copies of the hub's counters into the
+            Prometheus multiprocess files (only with ``PROMETHEUS_MULTIPROC_DIR``).
     """
 
     model_config = SettingsConfigDict(env_prefix="WSHUB_", extra="ignore")
@@ -105,6 +112,10 @@ class Settings(BaseSettings):
     rate_limit_strikes: int = Field(default=50, ge=1)
     max_connections: int = Field(default=10_000, ge=1)
     max_connections_per_user: int = Field(default=100, ge=1)
+
+    api_key: SecretStr | None = None
+    log_format: Literal["text", "json"] = "text"
+    metrics_interval: float = Field(default=1.0, gt=0)
 
     def origins(self) -> list[str]:
         """The allowed origins as a list."""

@@ -11,8 +11,11 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis.asyncio
 
-from tests.redis_support import RedisServer
+from tests.brokers.engines import Engine, MakeBroker
+from tests.redis_support import Recorder, RedisServer
 from tests.redis_support import redis_server as run_redis_server
+from wshub.brokers.memory import MemoryBroker
+from wshub.brokers.redis import RedisBroker
 
 
 @pytest.fixture
@@ -46,3 +49,21 @@ async def admin(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
     client = redis.asyncio.Redis.from_url(redis_url)
     yield client
     await client.aclose()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def make_broker(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[MakeBroker]:
+    """Start brokers of one engine, all on one Redis for redis; close them afterwards."""
+    url = request.getfixturevalue("redis_url") if request.param == "redis" else ""
+    brokers: list[Engine] = []
+
+    async def make() -> tuple[Engine, Recorder]:
+        broker: Engine = RedisBroker(url, prefix=prefix) if url else MemoryBroker()
+        recorder = Recorder()
+        await broker.start(recorder)
+        brokers.append(broker)
+        return broker, recorder
+
+    yield make
+    for broker in brokers:
+        await broker.close()

@@ -2,37 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-
 import pytest
 
+from tests.brokers.engines import MakeBroker
 from tests.redis_support import Recorder
-from wshub.brokers import Broker, BrokerState
-from wshub.brokers.memory import MemoryBroker
+from wshub.brokers import BrokerState
 from wshub.brokers.redis import RedisBroker
 from wshub.testing import wait_until
 
 pytestmark = pytest.mark.anyio
-
-MakeBroker = Callable[[], Awaitable[tuple[Broker, Recorder]]]
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def make_broker(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[MakeBroker]:
-    """Start brokers of one engine, all on one Redis for redis; close them afterwards."""
-    url = request.getfixturevalue("redis_url") if request.param == "redis" else ""
-    brokers: list[Broker] = []
-
-    async def make() -> tuple[Broker, Recorder]:
-        broker: Broker = RedisBroker(url, prefix=prefix) if url else MemoryBroker()
-        recorder = Recorder()
-        await broker.start(recorder)
-        brokers.append(broker)
-        return broker, recorder
-
-    yield make
-    for broker in brokers:
-        await broker.close()
 
 
 async def test_start_reports_connected(make_broker: MakeBroker) -> None:

@@ -7,13 +7,12 @@ import pytest
 
 from wshub.brokers import broker_from_url
 from wshub.brokers.base import Publication
-from wshub.brokers.redis import (
+from wshub.brokers.redis import RedisBroker, check_url, redis_location
+from wshub.brokers.redis_wire import (
     ENVELOPE_MARK,
-    RedisBroker,
-    check_url,
     decode_payload,
     encode_payload,
-    redis_location,
+    offset_header_rest,
 )
 
 
@@ -96,3 +95,43 @@ def test_location_hides_credentials() -> None:
     """Logs and errors name host and port, never the password."""
     assert redis_location("redis://u:s3cret@cache:6380/2") == "cache:6380"
     assert redis_location("unix:///run/redis.sock") == "unix:/run/redis.sock"
+
+
+def test_envelope_header_keys_come_in_a_fixed_order() -> None:
+    """The header lists offset, from, event in that order, leaving out absent keys."""
+    assert encode_payload(b"1", "c", offset=7) == b'\x1e{"offset":7,"from":"c"}\n1'
+    assert encode_payload(b"1", offset=7) == b'\x1e{"offset":7}\n1'
+    assert encode_payload(b"{}", event="join") == b'\x1e{"event":"join"}\n{}'
+
+
+@pytest.mark.parametrize("origin", [None, "c-1", 'q"\n'])
+def test_offset_header_rest_completes_the_offset_envelope(origin: str | None) -> None:
+    """The Lua script's splice (head, offset, rest, newline, data) equals encode_payload."""
+    data = b'{"a":1}'
+    spliced = b'\x1e{"offset":' + b"42" + offset_header_rest(origin) + b"\n" + data
+    assert spliced == encode_payload(data, origin, offset=42)
+
+
+@pytest.mark.parametrize("event", ["join", "leave"])
+def test_event_envelope_round_trip(event: str) -> None:
+    """A presence change decodes with its event, no offset, and the data bytes unchanged."""
+    data = b'{"client":"c1","user":"ann"}'
+    payload = encode_payload(data, "c1", event=event)
+    assert decode_payload(payload) == Publication(data, None, "c1", event)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'\x1e{"event":"kick"}\n{"client":"c"}',  # not a presence event
+        b'\x1e{"event":1}\n{"client":"c"}',
+        b'\x1e{"event":"join","offset":3}\n{"client":"c"}',  # events are never kept
+        b'\x1e{"event":"join"}\n[1]',  # the codecs splice an object's members
+        b'\x1e{"event":"join"}\n{}',
+        b'\x1e{"event":"join"}\n {"client":"c"}',
+        b'\x1e{"event":"join"}\n{"client":\n"c"}',  # would split a packed frame
+    ],
+)
+def test_malformed_event_envelopes_decode_to_none(payload: bytes) -> None:
+    """Events from outside must be ones the codecs can splice without re-encoding."""
+    assert decode_payload(payload) is None

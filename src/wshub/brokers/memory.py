@@ -6,7 +6,6 @@ both work for a single worker; several workers need a shared broker (Redis).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 
 from wshub.brokers.base import (
@@ -63,10 +62,8 @@ class MemoryBroker(Broker, History, Presence):
         events = self._events
         if events is not None and channel in self._channels:
             events.on_publication(channel, publication)
-        # Delivery above only enqueued. Yield once so that writers can send before the
-        # next publish: a tight publish loop would otherwise never let them run, and
-        # fill every queue (4008) however fast the clients read.
-        await asyncio.sleep(0)
+        # Delivery above only enqueued; the hub lets writers run before the next publish
+        # when queues fill up (`Hub._yield_to_writers`).
         return result
 
     async def history(

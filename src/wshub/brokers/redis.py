@@ -1,6 +1,14 @@
 """The Redis broker: publications travel through Redis pub/sub to every process.
 
-Contract, on top of the one in `wshub.brokers.base`:
+It also keeps channel histories (`RedisHistory`, streams) and presence
+(`RedisPresence`, hashes with expiries) in Redis, shared by every process. The
+engine is split by what each part holds: this module the connections and their
+supervision, `redis_connections` the URL and how connections are opened,
+`redis_subscriptions` the subscriber's channel set, `redis_wire` the
+payload format, `redis_history`/`redis_presence` the keys, `redis_scripts` the Lua.
+
+Contract, on top of the ones in `wshub.brokers.base`, `wshub.history` and
+`wshub.presence`:
 
 - Each process holds ONE subscriber connection (RESP2, in pub/sub mode) and a small
   pool of normal connections for ``PUBLISH``. A Redis channel is named
@@ -8,10 +16,10 @@ Contract, on top of the one in `wshub.brokers.base`:
   members, plus one liveness-probe channel of its own.
 - Wire format (docs/redis.md): a payload that is a JSON text is the publication's
   ``data`` as it is, so ``redis-cli PUBLISH wshub:chat '{"text":"hi"}'`` reaches
-  ``chat``. A payload starting with `ENVELOPE_MARK` (0x1E, which never starts a JSON
+  ``chat``. A payload starting with `redis_wire.ENVELOPE_MARK` (0x1E, which never starts a JSON
   text) is an envelope: ``0x1E <header JSON object> 0x0A <data JSON text>``, the
-  header carrying ``from`` (origin client id) and later ``offset``. Payloads that are
-  neither are dropped, counted in ``invalid_payloads`` and logged once per channel.
+  header carrying ``offset``, ``from`` (origin client id) and ``event``. Payloads that
+  are neither are dropped, counted in ``invalid_payloads`` and logged once per channel.
 - Order: one reader task consumes the subscriber connection and calls
   ``on_publication`` synchronously in arrival order. Redis keeps per-channel publish
   order on every connection, so every process sees the same order.
@@ -19,13 +27,17 @@ Contract, on top of the one in `wshub.brokers.base`:
   desired set and, while connected, wait until Redis confirmed the change. Requests
   made together (or while one is on the wire) go out as one command. Whenever the
   connection comes (back) up, the whole desired set is subscribed again.
-- ``publish`` raises `BrokerUnavailable` at once while not connected, and when Redis
-  fails the command (connection lost, timeout, error reply). It is never retried:
-  delivery stays at most once.
+- History: a publish with ``history`` runs ONE Lua script that assigns the offset,
+  keeps the publication in the channel's stream and publishes the envelope carrying
+  the offset, atomically, so offset order is delivery order in every process.
+- ``publish``, ``history`` and the presence calls raise `BrokerUnavailable` at once
+  while not connected, and when Redis fails the command (connection lost, timeout,
+  error reply). A publish is never retried: delivery stays at most once.
 - Outages: on connection loss the state becomes DISCONNECTED (one warning per outage),
   the broker reconnects with capped exponential backoff and full jitter, resubscribes,
-  becomes CONNECTED and logs the recovery once. Redis holds no state the broker cannot
-  rebuild, so a restart with an empty dataset is survivable.
+  becomes CONNECTED and logs the recovery once. A restart with an empty dataset is
+  survivable: histories start again under new epochs (clients learn they cannot
+  recover), and every process adds its presence entries again on its next refresh.
 - Liveness: every ``probe_interval`` seconds a token is published to the probe channel
   and must come back on the subscriber connection within ``probe_timeout``. A
   connection dropped for exceeding ``client-output-buffer-limit pubsub``, or left deaf
@@ -42,16 +54,11 @@ import math
 import random
 import secrets
 import time
-from collections import deque
-from collections.abc import Iterator, Sequence
-from typing import Any, Final
-from urllib.parse import urlsplit
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final, TypeVar
 
-import orjson
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.connection import AbstractConnection, Connection, parse_url
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -61,222 +68,44 @@ from wshub.brokers.base import (
     BrokerEvents,
     BrokerState,
     HistoryOptions,
-    Publication,
     PublishResult,
 )
+from wshub.brokers.redis_connections import (
+    SCHEMES,
+    check_url,
+    new_pool,
+    new_subscriber,
+    redis_location,
+)
+from wshub.brokers.redis_history import RedisHistory
+from wshub.brokers.redis_presence import RedisPresence
+from wshub.brokers.redis_subscriptions import CHUNK, Subscriptions, settle, stop_tasks, wait_batch
+from wshub.brokers.redis_wire import decode_payload, encode_payload
 from wshub.errors import BrokerUnavailable
+from wshub.history import History, HistoryPage
+from wshub.presence import ClientInfo, Presence
+
+__all__ = ["PROBE_INFIX", "SCHEMES", "RedisBroker", "check_url", "redis_location"]
 
 logger = logging.getLogger(__name__)
 
-#: First byte of an envelope: ASCII Record Separator, which can never start a JSON text.
-ENVELOPE_MARK: Final = b"\x1e"
+_T = TypeVar("_T")
+
 #: Between the prefix and the process id in the name of a broker's probe channel.
 PROBE_INFIX: Final = "__probe__:"
-#: URL schemes this engine serves.
-SCHEMES: Final = frozenset({"redis", "rediss", "unix"})
-# At most this many channels per SUBSCRIBE/UNSUBSCRIBE, so that resubscribing a huge
-# set after an outage stays a pipeline of ordinary-sized commands.
-_CHUNK = 10_000
-
-
-def encode_payload(data: bytes, origin: str | None = None) -> bytes:
-    """Build the Redis payload for a publication.
-
-    Args:
-        data: the publication, already a JSON text.
-        origin: the publishing client's id, if any.
-
-    Returns:
-        ``data`` itself without metadata, else the envelope
-        ``0x1E {"from":origin} 0x0A data``.
-    """
-    if origin is None:
-        return data
-    return b"".join((ENVELOPE_MARK, orjson.dumps({"from": origin}), b"\n", data))
-
-
-def decode_payload(payload: bytes) -> Publication | None:
-    """Read a Redis payload back into a publication.
-
-    Args:
-        payload: the bytes Redis delivered.
-
-    Returns:
-        The publication; its ``data`` is ``payload`` itself for plain JSON. None
-        when the payload is neither a JSON text nor a well-formed envelope.
-    """
-    try:
-        if payload.startswith(ENVELOPE_MARK):
-            return _decode_envelope(payload)
-        orjson.loads(payload)  # validation only: the bytes are handed on unchanged
-        return Publication(payload)
-    except ValueError:  # orjson.JSONDecodeError, or an envelope without its newline
-        return None
-
-
-def _decode_envelope(payload: bytes) -> Publication | None:
-    end = payload.index(b"\n")
-    header = orjson.loads(payload[1:end])
-    data = payload[end + 1 :]
-    orjson.loads(data)
-    if not isinstance(header, dict):
-        return None
-    origin, offset = header.get("from"), header.get("offset")
-    if origin is not None and not isinstance(origin, str):
-        return None
-    if offset is not None and type(offset) is not int:
-        return None
-    return Publication(data, offset, origin)
-
-
-def redis_location(url: str) -> str:
-    """Describe where a Redis URL points, without its credentials (for logs and errors)."""
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
-        return f"unix:{parts.path}"
-    return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
-
-
-def check_url(url: str) -> None:
-    """Refuse a URL this engine cannot serve.
-
-    Raises:
-        ValueError: the scheme is not ``redis``, ``rediss`` or ``unix``.
-    """
-    scheme = urlsplit(url).scheme
-    if scheme not in SCHEMES:
-        # The URL itself stays out of the message: it may carry a password.
-        raise ValueError(f"not a Redis URL (scheme {scheme!r}); use redis://, rediss:// or unix://")
+# Messages handled between yields of the reader: a burst buffered from Redis is read
+# without ever suspending, and the writers must run before the send queues fill (4008).
+_YIELD_EVERY = 100
 
 
 class _ProbeFailed(Exception):
     """The subscriber connection did not echo a probe in time: it is deaf or gone."""
 
 
-class _Ack:
-    """Replies still expected for one batch of SUBSCRIBE/UNSUBSCRIBE commands."""
+class RedisBroker(Broker, History, Presence):
+    """Carries publications through Redis pub/sub; keeps history and presence in Redis.
 
-    __slots__ = ("future", "remaining")
-
-    def __init__(self, remaining: int, future: asyncio.Future[None]) -> None:
-        self.remaining = remaining
-        self.future = future
-
-
-def _settle(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-def _chunks(verb: str, names: list[str]) -> Iterator[tuple[str, ...]]:
-    for start in range(0, len(names), _CHUNK):
-        yield (verb, *names[start : start + _CHUNK])
-
-
-class _Subscriptions:
-    """The channels the hub wants, mirrored onto the current subscriber connection.
-
-    ``request`` marks channels changed. One flusher task turns changed channels into
-    batched SUBSCRIBE/UNSUBSCRIBE commands (requests made while a batch is on the wire
-    join the next one); the reader counts Redis's replies off with ``on_ack``, which
-    settles each batch's future. Without a connection, requests only change ``desired``:
-    ``attach`` makes everything desired due again on the next connection.
-    """
-
-    def __init__(self, prefix: str, probe_channel: str) -> None:
-        self.desired: set[str] = set()  # what the hub asked for, without prefix
-        self._prefix = prefix
-        self._probe_channel = probe_channel
-        self._probe_sent = False
-        self._server: set[str] = set()  # sent on the current connection
-        self._dirty: set[str] = set()  # changed since the last batch went out
-        self._conn: AbstractConnection | None = None
-        self._acks: deque[_Ack] = deque()
-        self._batch: asyncio.Future[None] | None = None  # requests not sent yet
-        self._flusher: asyncio.Task[None] | None = None
-
-    def attach(self, conn: AbstractConnection) -> None:
-        """Adopt a fresh connection: nothing is subscribed on it yet, all desired is due."""
-        self._conn = conn
-        self._server.clear()
-        self._dirty.update(self.desired)
-        self._probe_sent = False
-
-    async def detach(self) -> None:
-        """Forget the connection; let every waiting request return (the next one resubscribes)."""
-        self._conn = None
-        for ack in self._acks:
-            _settle(ack.future)
-        self._acks.clear()
-        if self._batch is not None:
-            _settle(self._batch)
-            self._batch = None
-        flusher, self._flusher = self._flusher, None
-        await _stop(flusher)
-
-    def request(self, channels: Sequence[str]) -> asyncio.Future[None] | None:
-        """Mark ``channels`` changed; return the batch that will carry them, if connected."""
-        self._dirty.update(channels)
-        conn = self._conn
-        if conn is None:
-            return None
-        if self._batch is None:
-            self._batch = asyncio.get_running_loop().create_future()
-            if self._flusher is None or self._flusher.done():
-                self._flusher = asyncio.create_task(self._flush(conn), name="wshub-redis-flush")
-        return self._batch
-
-    def on_ack(self) -> None:
-        """Count off one reply; Redis answers each channel of (UN)SUBSCRIBE, in order."""
-        if not self._acks:
-            return
-        ack = self._acks[0]
-        ack.remaining -= 1
-        if ack.remaining <= 0:
-            self._acks.popleft()
-            _settle(ack.future)
-
-    async def _flush(self, conn: AbstractConnection) -> None:
-        try:
-            while self._batch is not None:
-                batch, self._batch = self._batch, None
-                await self._send(conn, batch)
-        except Exception as exc:
-            # The reader sees the closed socket and ends the session, which detaches us.
-            logger.debug("Redis broker: sending subscriptions failed: %s", exc)
-            await conn.disconnect(nowait=True)
-
-    async def _send(self, conn: AbstractConnection, batch: asyncio.Future[None]) -> None:
-        subs, unsubs = self._take_changes()
-        count = len(subs) + len(unsubs)
-        if count == 0:
-            # Nothing to send, but finish after any batch still on the wire.
-            if self._acks:
-                self._acks[-1].future.add_done_callback(lambda _: _settle(batch))
-            else:
-                _settle(batch)
-            return
-        self._acks.append(_Ack(count, batch))
-        commands = [*_chunks("SUBSCRIBE", subs), *_chunks("UNSUBSCRIBE", unsubs)]
-        await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
-
-    def _take_changes(self) -> tuple[list[str], list[str]]:
-        """Turn changed channels into Redis names to (un)subscribe, recording them as sent."""
-        desired, server, prefix = self.desired, self._server, self._prefix
-        subs = [c for c in self._dirty if c in desired and c not in server]
-        unsubs = [c for c in self._dirty if c not in desired and c in server]
-        self._dirty.clear()
-        server.update(subs)
-        server.difference_update(unsubs)
-        names = [prefix + c for c in subs]
-        if not self._probe_sent:
-            names.append(self._probe_channel)
-            self._probe_sent = True
-        return names, [prefix + c for c in unsubs]
-
-
-class RedisBroker(Broker):
-    """Carries publications between processes through Redis pub/sub (see the module docstring).
+    See the module docstring for the contract and docs/redis.md for the keys.
 
     Attributes:
         reconnects: how many times the subscriber connection came back after an
@@ -303,7 +132,7 @@ class RedisBroker(Broker):
         Args:
             url: ``redis://[user:password@]host:port/db``, ``rediss://...`` or
                 ``unix:///path/to/socket``.
-            prefix: prepended to every channel name in Redis.
+            prefix: prepended to every channel and key name in Redis.
             probe_interval: seconds between liveness probes of the subscriber.
             probe_timeout: seconds a probe may take to come back; defaults to ``timeout``.
             reconnect_base: first reconnect delay bound, doubled per failed attempt.
@@ -336,9 +165,11 @@ class RedisBroker(Broker):
         self._settled = asyncio.Event()  # the first connection attempt has an outcome
         self._probe_now = asyncio.Event()  # a publish failed: probe without waiting
         self._outage_since: float | None = None
-        self._probe_waiter: tuple[bytes, asyncio.Future[None]] | None = None
+        self._echoes: dict[bytes, asyncio.Future[None]] = {}  # tokens sent to the probe channel
         self._warned: set[str] = set()  # channels whose invalid payloads were logged
-        self._subs = _Subscriptions(prefix, self._probe_channel)
+        self._subs = Subscriptions(prefix, self._probe_channel)
+        self._history_store = RedisHistory(prefix)
+        self._presence_store = RedisPresence(prefix)
 
     @property
     def channels(self) -> frozenset[str]:
@@ -364,7 +195,9 @@ class RedisBroker(Broker):
         if self._task is not None or self.state is BrokerState.CLOSED:
             raise RuntimeError("RedisBroker.start() may be called once")
         self._events = events
-        self._client = self._new_client()
+        self._client = new_pool(
+            self._url, timeout=self._timeout, max_connections=self._max_connections
+        )
         self._task = asyncio.create_task(self._run(), name="wshub-redis-broker")
         # A healthy Redis is CONNECTED when start returns; a refused connection settles
         # at once, a black-holed host after `timeout`. Either way we never raise.
@@ -378,7 +211,7 @@ class RedisBroker(Broker):
             return
         self.state = BrokerState.CLOSED
         task, self._task = self._task, None
-        await _stop(task)
+        await stop_tasks(task)
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
@@ -391,7 +224,7 @@ class RedisBroker(Broker):
             channels: channel names without the prefix.
         """
         self._subs.desired.update(channels)
-        await _wait(self._subs.request(channels))
+        await wait_batch(self._subs.request(channels))
 
     async def unsubscribe(self, channels: Sequence[str]) -> None:
         """Remove ``channels`` from the desired set; while connected, wait until Redis confirms.
@@ -401,7 +234,7 @@ class RedisBroker(Broker):
         """
         self._subs.desired.difference_update(channels)
         self._warned.difference_update(channels)
-        await _wait(self._subs.request(channels))
+        await wait_batch(self._subs.request(channels))
 
     async def publish(
         self,
@@ -412,69 +245,154 @@ class RedisBroker(Broker):
         history: HistoryOptions | None = None,
         event: str | None = None,
     ) -> PublishResult:
-        """Publish ``data`` on ``prefix + channel``; plain JSON, or an envelope with ``origin``.
+        """Publish ``data`` on ``prefix + channel``: plain JSON, or an envelope with metadata.
+
+        With ``history`` (and no ``event``), the history script assigns the offset,
+        keeps the publication and publishes it in one atomic step.
 
         Args:
             channel: the channel name without the prefix.
             data: the payload, a JSON text; handed on unchanged.
             origin: the publishing client's id, carried to subscribers as ``from``.
+            history: keep the publication in the channel's history.
+            event: ``"join"``/``"leave"`` for a presence change; never kept in history.
 
         Returns:
-            An empty result: Redis pub/sub keeps no history, so no offset.
+            The offset and epoch when kept in history, else an empty result.
 
         Raises:
             BrokerUnavailable: not connected (raised at once, without network I/O),
                 or Redis failed the command.
         """
-        if history is not None or event is not None:
-            raise NotImplementedError("history and presence events on Redis: not yet")
+        action = f"publish to {channel!r}"
+        if history is not None and event is None:
+            options = history
+            return await self._command(
+                action,
+                lambda client: self._history_store.publish(client, channel, data, origin, options),
+            )
+        payload = encode_payload(data, origin, event=event)
+        await self._command(action, lambda client: client.publish(self._prefix + channel, payload))
+        return PublishResult()
+
+    # -- the History and Presence interfaces ----------------------------------------
+
+    async def history(
+        self, channel: str, *, since: int | None = None, limit: int | None = None
+    ) -> HistoryPage:
+        """Read publications of ``channel`` kept in Redis (see `History.history`).
+
+        Args:
+            channel: the channel name without the prefix.
+            since: return those after this offset, oldest first; None: the newest.
+            limit: at most this many; None for all kept, 0 for the position only.
+
+        Returns:
+            The page; a channel without history is at `wshub.history.NO_HISTORY`.
+
+        Raises:
+            BrokerUnavailable: not connected (at once), or Redis failed the read.
+        """
+        action = f"read the history of {channel!r}"
+        page = await self._command(
+            action, lambda client: self._history_store.read(client, channel, since, limit)
+        )
+        if channel in self._subs.desired:
+            # Live copies of the page's newest publications may still be on their way
+            # over the subscriber connection. Recovery drops live ones the page covers,
+            # so they must not arrive after we return: wait until they are through.
+            await self._command(action, self._catch_up)
+        return page
+
+    async def presence_add(self, channel: str, entries: list[ClientInfo], ttl: float) -> None:
+        """Add or refresh entries of ``channel`` that expire after ``ttl`` seconds.
+
+        Args:
+            channel: the channel name without the prefix.
+            entries: the entries, written in one round trip.
+            ttl: seconds until they expire unless added again.
+
+        Raises:
+            BrokerUnavailable: not connected (at once), or Redis failed the write.
+        """
+        await self._command(
+            f"add presence in {channel!r}",
+            lambda client: self._presence_store.add(client, channel, entries, ttl),
+        )
+
+    async def presence_remove(self, channel: str, clients: list[str]) -> None:
+        """Remove entries of ``channel`` (missing ones are ignored).
+
+        Args:
+            channel: the channel name without the prefix.
+            clients: the client ids whose entries go.
+
+        Raises:
+            BrokerUnavailable: not connected (at once), or Redis failed the write; the
+                entries then expire by themselves.
+        """
+        await self._command(
+            f"remove presence in {channel!r}",
+            lambda client: self._presence_store.remove(client, channel, clients),
+        )
+
+    async def presence(self, channel: str) -> dict[str, ClientInfo]:
+        """Return the live entries of ``channel``, from every process, keyed by client id.
+
+        Args:
+            channel: the channel name without the prefix.
+
+        Returns:
+            The entries whose expiry has not passed (expired ones are deleted).
+
+        Raises:
+            BrokerUnavailable: not connected (at once), or Redis failed the read.
+        """
+        return await self._command(
+            f"read the presence of {channel!r}",
+            lambda client: self._presence_store.read(client, channel),
+        )
+
+    async def _catch_up(self, client: Redis) -> None:
+        """Wait until everything published so far has come through the subscriber.
+
+        Raises:
+            RedisError: the publish failed, or no echo within ``timeout`` (a
+                `RedisTimeoutError`, so that the subscriber gets probed at once).
+        """
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._echo(client)
+        except TimeoutError as exc:
+            raise RedisTimeoutError("the subscriber connection did not catch up") from exc
+
+    async def _command(self, action: str, call: Callable[[Redis], Awaitable[_T]]) -> _T:
+        """Run one call on the connection pool, turning every failure into BrokerUnavailable.
+
+        Args:
+            action: what the call does, for the error message ("publish to 'chat'").
+            call: the call, given the pool.
+
+        Returns:
+            What the call returned.
+
+        Raises:
+            BrokerUnavailable: not connected (raised at once, without network I/O), or
+                Redis failed the call. Never retried: a publish must not go out twice.
+        """
         client = self._client
         if client is None or self.state is not BrokerState.CONNECTED:
             raise BrokerUnavailable(
-                f"cannot publish to {channel!r}: Redis broker at {self._where} is "
-                f"{self.state.value}"
+                f"cannot {action}: Redis broker at {self._where} is {self.state.value}"
             )
         try:
-            await client.publish(self._prefix + channel, encode_payload(data, origin))
+            return await call(client)
         except RedisError as exc:
-            raise self._publish_failed(channel, exc) from exc
-        return PublishResult()
-
-    def _publish_failed(self, channel: str, exc: RedisError) -> BrokerUnavailable:
-        if isinstance(exc, RedisConnectionError | RedisTimeoutError):
-            self._probe_now.set()  # the subscriber may be just as dead: check it now
-        return BrokerUnavailable(
-            f"could not publish to {channel!r} through Redis at {self._where}: {exc}"
-        )
-
-    # -- connections ---------------------------------------------------------------
-
-    def _new_client(self) -> Redis:
-        # No retries: a PUBLISH retried after a timeout could be delivered twice.
-        pool = BlockingConnectionPool.from_url(
-            self._url,
-            max_connections=self._max_connections,
-            timeout=self._timeout,
-            socket_timeout=self._timeout,
-            socket_connect_timeout=self._timeout,
-            retry=Retry(NoBackoff(), 0),
-            client_name="wshub-pub",
-        )
-        return Redis.from_pool(pool)
-
-    def _new_subscriber(self) -> AbstractConnection:
-        options: dict[str, Any] = {
-            "socket_timeout": self._timeout,
-            "socket_connect_timeout": self._timeout,
-            "retry": Retry(NoBackoff(), 0),
-            "client_name": "wshub-sub",
-        }
-        options.update(parse_url(self._url))
-        connection_class = options.pop("connection_class", Connection)
-        # RESP2 whatever the URL says: pub/sub messages then arrive as plain replies.
-        options["protocol"] = 2
-        conn: AbstractConnection = connection_class(**options)
-        return conn
+            if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+                self._probe_now.set()  # the subscriber may be just as dead: check it now
+            raise BrokerUnavailable(
+                f"could not {action} through Redis at {self._where}: {exc}"
+            ) from exc
 
     # -- the supervisor: sessions, outages, backoff -------------------------------------
 
@@ -496,7 +414,7 @@ class RedisBroker(Broker):
 
     async def _session(self) -> None:
         """Run one subscriber connection until it fails; always raises."""
-        conn = self._new_subscriber()
+        conn = new_subscriber(self._url, timeout=self._timeout)
         reader = keeper = None
         try:
             await conn.connect()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
@@ -511,13 +429,13 @@ class RedisBroker(Broker):
             with contextlib.suppress(Exception):
                 await conn.disconnect(nowait=True)
             await self._subs.detach()
-            await _stop(reader, keeper)
+            await stop_tasks(reader, keeper)
 
     async def _keep(self) -> None:
         """Resubscribe everything, report CONNECTED, then probe the subscriber until it fails."""
         batch = self._subs.request(())
-        async with asyncio.timeout(self._timeout * (1 + len(self._subs.desired) // _CHUNK)):
-            await _wait(batch)
+        async with asyncio.timeout(self._timeout * (1 + len(self._subs.desired) // CHUNK)):
+            await wait_batch(batch)
         if self._outage_since is not None and self._client is not None:
             # Idle publishing connections may be as deaf as the old subscriber was.
             await self._client.connection_pool.disconnect(inuse_connections=False)
@@ -530,23 +448,39 @@ class RedisBroker(Broker):
             await self._probe()
 
     async def _probe(self) -> None:
-        """Publish a token on the probe channel; expect it back on the subscriber connection."""
+        """Check that the subscriber connection still hears what is published."""
         assert self._client is not None
-        token = secrets.token_hex(4).encode()
-        waiter = asyncio.get_running_loop().create_future()
-        self._probe_waiter = (token, waiter)
         try:
             async with asyncio.timeout(self._probe_timeout):
-                await self._client.publish(self._probe_channel, token)
-                await waiter
+                await self._echo(self._client)
         except (TimeoutError, RedisError) as exc:
             self.probe_failures += 1
             reason = str(exc) or "no echo"
             raise _ProbeFailed(
                 f"liveness probe failed within {self._probe_timeout:g}s: {reason}"
             ) from exc
+
+    async def _echo(self, client: Redis) -> None:
+        """Publish a token on the probe channel and wait until the subscriber reads it back.
+
+        Redis sends one connection's pub/sub messages in the order it executed the
+        publishes, so once the token is back, everything published before it on this
+        process's channels has been handed to ``on_publication``.
+
+        Args:
+            client: the connection pool to publish through.
+
+        Raises:
+            RedisError: the publish failed. Without an echo this waits forever: callers
+                bound it with a timeout.
+        """
+        token = secrets.token_hex(8).encode()
+        waiter = self._echoes[token] = asyncio.get_running_loop().create_future()
+        try:
+            await client.publish(self._probe_channel, token)
+            await waiter
         finally:
-            self._probe_waiter = None
+            del self._echoes[token]
 
     def _on_connected(self) -> None:
         if self._outage_since is not None:
@@ -595,19 +529,24 @@ class RedisBroker(Broker):
     async def _read(self, conn: AbstractConnection) -> None:
         """Consume the subscriber connection in order until it fails; always raises."""
         read = conn.read_response
+        count = 0
         while True:
             reply = await read(timeout=math.inf, disconnect_on_error=False)
             kind = reply[0]
             if kind == b"message":
                 self._on_message(reply[1], reply[2])
+                count += 1
+                if count % _YIELD_EVERY == 0:
+                    # Reading a buffered burst never suspends: let the writers send.
+                    await asyncio.sleep(0)
             elif kind == b"subscribe" or kind == b"unsubscribe":
                 self._subs.on_ack()
 
     def _on_message(self, name: bytes, payload: bytes) -> None:
         if name == self._probe_name:
-            waiter = self._probe_waiter
-            if waiter is not None and payload == waiter[0]:
-                _settle(waiter[1])
+            waiter = self._echoes.get(payload)
+            if waiter is not None:
+                settle(waiter)
             return
         channel = name[self._prefix_len :].decode()
         if channel not in self._subs.desired:
@@ -635,21 +574,3 @@ class RedisBroker(Broker):
             channel,
             payload[:40],
         )
-
-
-async def _wait(batch: asyncio.Future[None] | None) -> None:
-    # Shielded: the batch is shared, one cancelled caller must not cancel it for others.
-    if batch is not None:
-        await asyncio.shield(batch)
-
-
-async def _stop(*tasks: asyncio.Task[None] | None) -> None:
-    """Cancel tasks and wait for them to end; their failures were handled where they arose."""
-    live = [task for task in tasks if task is not None]
-    for task in live:
-        task.cancel()
-    if live:
-        await asyncio.wait(live)
-    for task in live:
-        if not task.cancelled():
-            task.exception()

@@ -5,16 +5,21 @@ Run it with ``make run`` or ``wshub serve wshub.demo:app``.
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from importlib.resources import files
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, WebSocket
 from fastapi.responses import HTMLResponse
 
+from wshub.api import add_api
+from wshub.asyncapi import add_asyncapi
 from wshub.auth import Identity
 from wshub.errors import BrokerUnavailable, CloseCode
 from wshub.fastapi import add_health_routes, mount
 from wshub.hub import Hub
+from wshub.metrics import add_metrics
 from wshub.permissions import Namespace
 
 # chat:<room> keeps 100 messages for 5 minutes (recovery on reconnect) and shows
@@ -28,6 +33,9 @@ hub = Hub(
 app = FastAPI(title="wshub demo", lifespan=hub.lifespan)
 mount(app, hub, "/ws")
 add_health_routes(app, hub)
+add_metrics(app, hub)  # /metrics
+add_asyncapi(app, "/ws")  # /asyncapi.json
+add_api(app, hub)  # /api/publish, ... when WSHUB_API_KEY is set
 
 
 @app.websocket("/ws/chat")
@@ -51,3 +59,31 @@ async def chat(ws: WebSocket, who: Annotated[Identity, Depends(hub.authenticate)
 async def index() -> str:
     """The demo chat page."""
     return (files("wshub.demo") / "static" / "index.html").read_text()
+
+
+@app.get("/dashboard", response_class=HTMLResponse)
+async def dashboard() -> str:
+    """A live view of the hub: connections, subscriptions, traffic, drops, broker."""
+    return (files("wshub.demo") / "static" / "dashboard.html").read_text()
+
+
+@app.get("/dashboard/stats")
+async def dashboard_stats() -> dict[str, Any]:
+    """The dashboard's data: gauges now, and counters since start (the page takes rates)."""
+    connections = hub.connections()
+    return {
+        "time": time.time(),
+        "connections": hub.connection_count,
+        "channels": hub.channel_count,
+        "subscriptions": sum(len(conn.channels) for conn in connections),
+        "drops": hub.stats.overflows
+        + hub.stats.dropped
+        + sum(conn.queue.dropped for conn in connections),
+        "broker": hub.broker_state.value,
+        "ready": hub.ready,
+        "stats": {  # the plain counters (HubStats also holds histograms)
+            field.name: value
+            for field in dataclasses.fields(hub.stats)
+            if isinstance(value := getattr(hub.stats, field.name), int)
+        },
+    }

@@ -1,0 +1,345 @@
+"""An AsyncAPI 3.0 document of wire protocol v1, built from the definitions the code uses.
+
+The ops come from `wshub.protocol.Op`, the error codes from `ErrorCode`, the close
+codes from `CloseCode`, the channel-name rule from `wshub.channels`, the
+subprotocols from `wshub.codecs`; the tables below add what the enums can't say
+(each op's fields and result, each code's meaning), and a test checks they cover
+every member. `add_asyncapi` serves the document at ``/asyncapi.json``.
+
+AsyncAPI's "channel" is the WebSocket connection itself (one per endpoint, named
+``hub``); wshub's channels (rooms) are a field of the frames. The document is
+written from the server's side: ``receive`` operations are client frames, ``send``
+operations server frames; requests with an ``id`` get a reply or an error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+
+from wshub.channels import CHANNEL_CHARS, MAX_CHANNEL_LENGTH
+from wshub.codecs import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL
+from wshub.errors import CloseCode, ErrorCode
+from wshub.protocol import MAX_ID_LENGTH, PROTOCOL_VERSION, Op
+
+Schema = dict[str, Any]
+
+CHANNEL: Schema = {
+    "type": "string",
+    "pattern": f"^[{CHANNEL_CHARS}]{{1,{MAX_CHANNEL_LENGTH}}}$",
+    "description": f"a channel: 1 to {MAX_CHANNEL_LENGTH} of A-Z a-z 0-9 _ - : . @ / = +",
+}
+REQUEST_ID: Schema = {
+    "oneOf": [{"type": "integer"}, {"type": "string", "maxLength": MAX_ID_LENGTH}],
+    "description": "chosen by the client; the reply carries it back",
+}
+OFFSET: Schema = {"type": "integer", "minimum": 0}
+MESSAGE_ITEM: Schema = {
+    "type": "object",
+    "required": ["channel", "data"],
+    "properties": {
+        "channel": CHANNEL,
+        "data": {},
+        "offset": OFFSET,
+        "from": {"type": "string", "description": "the publishing client's id"},
+    },
+}
+
+#: Per op: (summary, fields besides op and id, required fields, reply result or None).
+OPS: dict[Op, tuple[str, Schema, list[str], Schema | None]] = {
+    Op.SUBSCRIBE: (
+        "Join a channel; with `since`, recover what was missed.",
+        {"channel": CHANNEL, "since": OFFSET, "epoch": {"type": "string"}},
+        ["channel"],
+        {
+            "offset": OFFSET,
+            "epoch": {"type": "string"},
+            "recovered": {"type": "boolean"},
+            "messages": {"type": "array", "items": MESSAGE_ITEM},
+        },
+    ),
+    Op.UNSUBSCRIBE: ("Leave a channel.", {"channel": CHANNEL}, ["channel"], {}),
+    Op.PUBLISH: (
+        "Publish data to every member of a channel, in every process.",
+        {"channel": CHANNEL, "data": {"description": "any JSON value"}},
+        ["channel", "data"],
+        {"offset": OFFSET},
+    ),
+    Op.PONG: ("Answer a server ping.", {}, [], None),
+    Op.CONNECT: (
+        "First frame: authenticate when the handshake carried no token.",
+        {"token": {"type": "string"}},
+        [],
+        {},
+    ),
+    Op.REFRESH: (
+        "New credentials for the same user, before the token expires.",
+        {"token": {"type": "string"}},
+        ["token"],
+        {"expires": {"type": ["number", "null"]}},
+    ),
+    Op.PRESENCE: (
+        "Who is in a channel.",
+        {"channel": CHANNEL},
+        ["channel"],
+        {
+            "clients": {
+                "type": "object",
+                "additionalProperties": {
+                    "type": "object",
+                    "properties": {"user": {"type": ["string", "null"]}, "info": {}},
+                },
+            }
+        },
+    ),
+    Op.HISTORY: (
+        "Read a channel's kept publications.",
+        {"channel": CHANNEL, "since": OFFSET, "limit": OFFSET, "epoch": {"type": "string"}},
+        ["channel"],
+        {
+            "offset": OFFSET,
+            "epoch": {"type": "string"},
+            "messages": {"type": "array", "items": MESSAGE_ITEM},
+        },
+    ),
+}
+
+#: What each error code of a reply means.
+ERROR_MEANINGS: dict[ErrorCode, str] = {
+    ErrorCode.BAD_REQUEST: "malformed frame, unknown op, invalid channel, limit reached",
+    ErrorCode.UNAUTHORIZED: "bad credentials in refresh",
+    ErrorCode.FORBIDDEN: "the channel's rules or a permission hook refused",
+    ErrorCode.NOT_FOUND: "no such thing",
+    ErrorCode.TOO_LARGE: "data too large",
+    ErrorCode.RATE_LIMITED: "too many frames; slow down",
+    ErrorCode.UNAVAILABLE: "the broker is down; nothing was published",
+    ErrorCode.INTERNAL: "a server bug; the connection stays usable",
+}
+
+#: When the server closes with each code.
+CLOSE_MEANINGS: dict[CloseCode, str] = {
+    CloseCode.NORMAL: "normal close",
+    CloseCode.GOING_AWAY: "server shutting down (graceful drain); reconnect",
+    CloseCode.POLICY_VIOLATION: "malformed protocol the server can't recover from",
+    CloseCode.MESSAGE_TOO_BIG: "message larger than the limit",
+    CloseCode.INTERNAL_ERROR: "internal error",
+    CloseCode.SERVICE_RESTART: "service restart (sent by uvicorn); treat like 1001",
+    CloseCode.TRY_AGAIN_LATER: "connection limit reached; retry later",
+    CloseCode.UNAUTHORIZED: "missing, invalid or expired token; don't retry with it",
+    CloseCode.FORBIDDEN: "origin not allowed, or user banned",
+    CloseCode.SLOW_CONSUMER: "send queue overflowed; reconnect and recover from history",
+    CloseCode.HEARTBEAT_TIMEOUT: "no pong in time",
+    CloseCode.RATE_LIMITED: "too many frames",
+}
+
+
+def _op_const(name: str) -> Schema:
+    return {"type": "string", "const": name}
+
+
+def _object(required: list[str], properties: Schema) -> Schema:
+    return {"type": "object", "required": required, "properties": properties}
+
+
+def _client_message(op: Op) -> Schema:
+    summary, fields, required, _ = OPS[op]
+    payload = _object(["op", *required], {"op": _op_const(op.value), "id": REQUEST_ID, **fields})
+    return {
+        "name": op.value,
+        "title": f"{op.value} (client)",
+        "summary": summary,
+        "payload": payload,
+    }
+
+
+def _reply_message(op: Op, result: Schema) -> Schema:
+    payload = _object(["id", "result"], {"id": REQUEST_ID, "result": _object([], result)})
+    return {
+        "name": f"{op.value}Reply",
+        "summary": f"Success reply to {op.value}.",
+        "payload": payload,
+    }
+
+
+def _server_messages() -> dict[str, Schema]:
+    error = _object(
+        ["code", "message"],
+        {
+            "code": {"type": "string", "enum": [c.value for c in ErrorCode]},
+            "message": {"type": "string"},
+        },
+    )
+    error["description"] = "; ".join(f"`{c.value}`: {m}" for c, m in ERROR_MEANINGS.items())
+    presence_change = {
+        "channel": CHANNEL,
+        "client": {"type": "string"},
+        "user": {"type": ["string", "null"]},
+    }
+    frames = {
+        "welcome": (
+            "First frame after accept.",
+            ["client", "ping", "version"],
+            {
+                "client": {"type": "string", "description": "this connection's id"},
+                "user": {"type": ["string", "null"]},
+                "ping": {"type": "number", "description": "seconds between server pings"},
+                "version": {"type": "integer", "const": PROTOCOL_VERSION},
+            },
+        ),
+        "message": (
+            "A publication on a subscribed channel.",
+            ["channel", "data"],
+            MESSAGE_ITEM["properties"],
+        ),
+        "join": (
+            "Someone joined a channel (namespaces with join/leave).",
+            ["channel", "client"],
+            presence_change,
+        ),
+        "leave": ("Someone left a channel.", ["channel", "client"], presence_change),
+        "ping": ("Heartbeat: answer with pong.", [], {}),
+    }
+    messages = {
+        name: {
+            "name": name,
+            "summary": summary,
+            "payload": _object(["op", *required], {"op": _op_const(name), **props}),
+        }
+        for name, (summary, required, props) in frames.items()
+    }
+    messages["error"] = {
+        "name": "error",
+        "summary": "Failure reply; `id` is absent when the frame had none.",
+        "payload": _object(["error"], {"id": REQUEST_ID, "error": error}),
+    }
+    return messages
+
+
+def _messages() -> dict[str, Schema]:
+    messages = {op.value: _client_message(op) for op in Op}
+    for op, (_, _, _, result) in OPS.items():
+        if result is not None:
+            messages[f"{op.value}Reply"] = _reply_message(op, result)
+    messages.update(_server_messages())
+    return messages
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/channels/hub/messages/{name}"}
+
+
+def _operations(messages: dict[str, Schema]) -> dict[str, Schema]:
+    channel = {"$ref": "#/channels/hub"}
+    operations: dict[str, Schema] = {}
+    for op in Op:
+        operation: Schema = {
+            "action": "receive",
+            "channel": channel,
+            "summary": OPS[op][0],
+            "messages": [_ref(op.value)],
+        }
+        if f"{op.value}Reply" in messages:
+            replies = [_ref(f"{op.value}Reply"), _ref("error")]
+            operation["reply"] = {"channel": channel, "messages": replies}
+        operations[f"receive_{op.value}"] = operation
+    for name in ("welcome", "message", "join", "leave", "ping", "error"):
+        summary = messages[name]["summary"]
+        operations[f"send_{name}"] = {
+            "action": "send",
+            "channel": channel,
+            "summary": summary,
+            "messages": [_ref(name)],
+        }
+    return operations
+
+
+def document(host: str = "localhost:8000", path: str = "/ws", protocol: str = "ws") -> Schema:
+    """Build the AsyncAPI 3.0 document of wire protocol v1.
+
+    Args:
+        host: the server's ``host:port``.
+        path: the protocol endpoint's path.
+        protocol: ``ws`` or ``wss``.
+
+    Returns:
+        The document, as JSON-ready dicts.
+    """
+    messages = _messages()
+    closes = {str(int(code)): CLOSE_MEANINGS[code] for code in CloseCode}
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "wshub wire protocol",
+            "version": str(PROTOCOL_VERSION),
+            "description": (
+                "JSON frames in text messages (subprotocol "
+                f"`{JSON_SUBPROTOCOL}`, the default; several server frames may share one "
+                f"message, separated by newlines) or MessagePack in binary messages "
+                f"(`{MSGPACK_SUBPROTOCOL}`). Close codes: "
+                + "; ".join(f"{code} {meaning}" for code, meaning in closes.items())
+            ),
+        },
+        "defaultContentType": "application/json",
+        "servers": {
+            "hub": {
+                "host": host,
+                "pathname": path,
+                "protocol": protocol,
+                "security": [
+                    {"$ref": "#/components/securitySchemes/bearer"},
+                    {"$ref": "#/components/securitySchemes/query"},
+                ],
+            }
+        },
+        "channels": {
+            "hub": {
+                "address": path,
+                "title": "The WebSocket connection",
+                "messages": messages,
+                "bindings": {"ws": {"method": "GET", "query": _query(), "bindingVersion": "0.1.0"}},
+                "x-close-codes": closes,
+            }
+        },
+        "operations": _operations(messages),
+        "components": {"securitySchemes": _security()},
+    }
+
+
+def _query() -> Schema:
+    return {
+        "type": "object",
+        "properties": {"token": {"type": "string", "description": "a JWT, when auth is on"}},
+    }
+
+
+def _security() -> Schema:
+    return {
+        "bearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT",
+            "description": "Authorization: Bearer <JWT> on the handshake (or a connect frame)",
+        },
+        "query": {"type": "httpApiKey", "name": "token", "in": "query"},
+    }
+
+
+def add_asyncapi(app: FastAPI, ws_path: str = "/ws", path: str = "/asyncapi.json") -> None:
+    """Serve the AsyncAPI document of the protocol endpoint at ``ws_path`` on ``GET path``.
+
+    The document names the host and scheme the request came in with.
+
+    Args:
+        app: the FastAPI app.
+        ws_path: where the protocol endpoint is mounted.
+        path: where to serve the document.
+    """
+
+    async def asyncapi(request: Request) -> Schema:
+        protocol = "wss" if request.url.scheme == "https" else "ws"
+        return document(request.headers.get("host", "localhost"), ws_path, protocol)
+
+    router = APIRouter()
+    router.add_api_route(path, asyncapi, methods=["GET"], include_in_schema=False)
+    app.include_router(router)
