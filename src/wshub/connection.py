@@ -34,6 +34,7 @@ from wshub.errors import CloseCode
 from wshub.limits import TokenBucket
 from wshub.protocol import truncate_reason
 from wshub.sendqueue import Frame, SendQueue
+from wshub.transport import OP_BINARY, OP_TEXT, FastPath, frame_bytes, frame_header
 
 if TYPE_CHECKING:
     from wshub.hub import Hub
@@ -109,6 +110,7 @@ class Connection:
         self._handler: asyncio.Task[Any] | None = None  # runs the `async with` block
         self._inbound: asyncio.Queue[Message] | None = None
         self._inbound_bytes = 0
+        self._fast: FastPath | None = None  # see wshub.transport
         self.aborted = False
         # Channels being recovered: live frames held back until the subscribe reply is out.
         self.recovering: dict[str, list[tuple[int | None, Frame]]] = {}
@@ -256,18 +258,26 @@ class Connection:
                     size += queue.bytes
                     batch = queue.pop_batch(self._pack_max)
                     size -= queue.bytes
+                    sent += len(batch)
+                    fast = self._fast
+                    if fast is not None and fast.open():
+                        await fast.write(_wire(batch[0]) if len(batch) == 1 else _packed(batch))
+                        continue
                     text = batch[0].data if len(batch) == 1 else "\n".join([f.data for f in batch])  # type: ignore[misc]
                     await send({"type": "websocket.send", "text": text})
-                    sent += len(batch)
                     continue
                 frame = queue.pop()
+                sent += 1
+                size += frame.size
+                fast = self._fast
+                if fast is not None and fast.open():
+                    await fast.write(_wire(frame))
+                    continue
                 data = frame.data
                 if isinstance(data, str):
                     await send({"type": "websocket.send", "text": data})
                 else:
                     await send({"type": "websocket.send", "bytes": data})
-                sent += 1
-                size += frame.size
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the client went away mid-send: any transport error ends us
@@ -407,6 +417,8 @@ class Connection:
     async def _open(self, subprotocol: str | None) -> None:
         if self.websocket.client_state is WebSocketState.CONNECTING:
             await self.websocket.accept(subprotocol=subprotocol)
+        if self.hub.settings.transport_fast_path:
+            self._fast = FastPath.find(getattr(self.websocket, "_send", None))
         self.state = ConnectionState.OPEN
         self._writer = self._loop.create_task(self._write_loop(), name=f"wshub-writer-{self.id}")
 
@@ -438,3 +450,18 @@ class Connection:
 def _size(message: Message) -> int:
     """Bytes (or characters, for text) an incoming message holds."""
     return len(message.get("text") or message.get("bytes") or "")
+
+
+def _wire(frame: Frame) -> bytes:
+    """The frame's bytes on the wire, built once and shared by every recipient."""
+    wire = frame.wire
+    if wire is None:
+        opcode = OP_TEXT if isinstance(frame.data, str) else OP_BINARY
+        wire = frame.wire = frame_bytes(frame.payload, opcode)
+    return wire
+
+
+def _packed(batch: list[Frame]) -> bytes:
+    """Several text frames packed into one message, separated by newlines."""
+    payload = b"\n".join([frame.payload for frame in batch])
+    return frame_header(len(payload), OP_TEXT) + payload

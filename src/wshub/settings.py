@@ -44,6 +44,9 @@ class Settings(BaseSettings):
         shutdown_timeout: seconds graceful shutdown waits for queues to drain.
         per_message_deflate: WebSocket compression; off by default (memory per connection,
             compression bombs, secrets leaking through compressed sizes).
+        transport_fast_path: under uvicorn's sans-I/O WebSocket implementation, write
+            frames built once per publication straight to the transport (see
+            `wshub.transport`); off: every send goes through ASGI.
         jwt_secret: HMAC secret for HS256 tokens; setting it (or jwt_public_key_file)
             turns authentication on.
         jwt_public_key_file: PEM public key for RS256/ES256 tokens.
@@ -95,6 +98,7 @@ class Settings(BaseSettings):
     close_timeout: float = Field(default=5.0, gt=0)
     shutdown_timeout: float = Field(default=10.0, gt=0)
     per_message_deflate: bool = False
+    transport_fast_path: bool = True
 
     jwt_secret: SecretStr | None = None
     jwt_public_key_file: str | None = None
