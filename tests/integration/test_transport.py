@@ -21,7 +21,9 @@ async def fan_out(server, hub, clients: int, messages: int) -> list[list[int]]: 
             await ws.recv()
         publisher = sockets[0]
         for n in range(messages):
-            await publisher.send(orjson.dumps({"op": "publish", "channel": "t", "data": n}))
+            await publisher.send(
+                orjson.dumps({"op": "publish", "channel": "t", "data": n}).decode()
+            )
         got: list[list[int]] = []
         for ws in sockets:
             seen: list[int] = []
