@@ -64,7 +64,7 @@ def print_results(
         document = {"machine": machine(), "results": [dataclasses.asdict(r) for r in results]}
         print(json.dumps({**document, **(extra or {})}, indent=2))
         return
-    console = Console()
+    console = Console(width=max(Console().width, 150))  # a table this wide, even in a pipe
     console.print(table(results, title))
     for key, value in (extra or {}).items():
         console.print(f"{key}: {value}")

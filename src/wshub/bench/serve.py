@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> None:
         # The bench publisher is one client sending as fast as the window allows.
         os.environ.setdefault("WSHUB_RATE_LIMIT", "1000000")
         os.environ.setdefault("WSHUB_RATE_BURST", "1000000")
-        settings = Settings(host="127.0.0.1", port=args.port, workers=args.workers)
+        settings = Settings(
+            host="127.0.0.1", port=args.port, workers=args.workers, log_level="warning"
+        )
         run("wshub.demo:app", settings, log_level="warning")
     elif args.target == "websockets":
         import uvloop
