@@ -27,13 +27,27 @@ JSON_SUBPROTOCOL = "wshub.v1.json"
 MSGPACK_SUBPROTOCOL = "wshub.v1.msgpack"
 
 
+def dumps(obj: object) -> bytes:
+    """orjson.dumps, right-sized.
+
+    orjson's result keeps its whole output buffer (about 4 KiB even for a 20-byte
+    document). Bytes that outlive the call (queued frames, published payloads,
+    history) are copied once into an object of their own size, so that the send
+    queue's byte limit and the history's size mean what they say in memory too.
+
+    Raises:
+        TypeError: JSON cannot represent ``obj`` (orjson.JSONEncodeError is a TypeError).
+    """
+    return memoryview(orjson.dumps(obj)).tobytes()
+
+
 def encode_data(data: object) -> bytes:
     """Encode published data as JSON, once per publication.
 
     Raises:
-        TypeError: JSON cannot represent ``data`` (orjson.JSONEncodeError is a TypeError).
+        TypeError: JSON cannot represent ``data``.
     """
-    return orjson.dumps(data)
+    return dumps(data)
 
 
 class Codec:
@@ -53,7 +67,7 @@ class Codec:
 
     def encode(self, obj: object) -> Frame:
         """Encode one object as a frame."""
-        return Frame.text(orjson.dumps(obj))
+        return Frame.text(dumps(obj))
 
     def decode(self, text: str | None, data: bytes | None) -> Any:
         """Decode one incoming WebSocket message (its ``text`` or its ``bytes``).

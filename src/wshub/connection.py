@@ -72,6 +72,40 @@ class Connection:
         connected_at: `time.time()` at accept.
     """
 
+    # Slots: a connection is the object there are most of; no per-instance dict.
+    __slots__ = (
+        "_abort_timer",
+        "_close_frame",
+        "_fast",
+        "_handler",
+        "_inbound",
+        "_inbound_bytes",
+        "_loop",
+        "_owner",
+        "_pack_max",
+        "_reader",
+        "_waiter",
+        "_writer",
+        "aborted",
+        "channels",
+        "close_code",
+        "close_reason",
+        "codec",
+        "connected_at",
+        "expires_at",
+        "heartbeat",
+        "hub",
+        "id",
+        "info",
+        "ping_due",
+        "pong_deadline",
+        "queue",
+        "recovering",
+        "state",
+        "user",
+        "websocket",
+    )
+
     def __init__(
         self,
         hub: Hub,
@@ -234,7 +268,6 @@ class Connection:
     # -- the writer task ---------------------------------------------------------------------
 
     async def _write_loop(self) -> None:
-        send = self.websocket.send
         queue = self.queue
         stats = self.hub.stats
         # Frames and bytes sent, counted in locals and added to the hub's stats when the
@@ -242,42 +275,23 @@ class Connection:
         sent = size = 0
         try:
             while self.state is not ConnectionState.CLOSED:
-                if not queue:
-                    stats.frames_sent += sent
-                    stats.bytes_sent += size
-                    sent = size = 0
-                    if self._close_frame is not None:
-                        code, reason = self._close_frame
-                        await send({"type": "websocket.close", "code": code, "reason": reason})
-                        self._mark_closed(code)
-                        return
-                    self._waiter = self._loop.create_future()
-                    await self._waiter
+                if queue:
+                    before = queue.bytes
+                    sent += await self._send_next()
+                    size += before - queue.bytes
                     continue
-                if self._pack_max:
-                    size += queue.bytes
-                    batch = queue.pop_batch(self._pack_max)
-                    size -= queue.bytes
-                    sent += len(batch)
-                    fast = self._fast
-                    if fast is not None and fast.open():
-                        await fast.write(_wire(batch[0]) if len(batch) == 1 else _packed(batch))
-                        continue
-                    text = batch[0].data if len(batch) == 1 else "\n".join([f.data for f in batch])  # type: ignore[misc]
-                    await send({"type": "websocket.send", "text": text})
-                    continue
-                frame = queue.pop()
-                sent += 1
-                size += frame.size
-                fast = self._fast
-                if fast is not None and fast.open():
-                    await fast.write(_wire(frame))
-                    continue
-                data = frame.data
-                if isinstance(data, str):
-                    await send({"type": "websocket.send", "text": data})
-                else:
-                    await send({"type": "websocket.send", "bytes": data})
+                stats.frames_sent += sent
+                stats.bytes_sent += size
+                sent = size = 0
+                if self._close_frame is not None:
+                    code, reason = self._close_frame
+                    await self.websocket.send(
+                        {"type": "websocket.close", "code": code, "reason": reason}
+                    )
+                    self._mark_closed(code)
+                    return
+                self._waiter = self._loop.create_future()
+                await self._waiter
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the client went away mid-send: any transport error ends us
@@ -286,6 +300,32 @@ class Connection:
         finally:
             stats.frames_sent += sent
             stats.bytes_sent += size
+
+    async def _send_next(self) -> int:
+        """Send the next frame, or the next packed batch; return how many frames went.
+
+        A method of its own so that the frames sent are not kept alive by the writer's
+        locals while it waits for more: an idle connection holds no frame.
+        """
+        queue, fast = self.queue, self._fast
+        if fast is not None and not fast.open():
+            fast = None  # closing: let the server's own send path decide what to do
+        if self._pack_max:
+            batch = queue.pop_batch(self._pack_max)
+            if fast is not None:
+                await fast.write(_wire(batch[0]) if len(batch) == 1 else _packed(batch))
+            else:
+                text = batch[0].data if len(batch) == 1 else "\n".join([f.data for f in batch])  # type: ignore[misc]
+                await self.websocket.send({"type": "websocket.send", "text": text})
+            return len(batch)
+        frame = queue.pop()
+        if fast is not None:
+            await fast.write(_wire(frame))
+        elif isinstance(frame.data, str):
+            await self.websocket.send({"type": "websocket.send", "text": frame.data})
+        else:
+            await self.websocket.send({"type": "websocket.send", "bytes": frame.data})
+        return 1
 
     # -- receiving -----------------------------------------------------------------------------
 
