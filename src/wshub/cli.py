@@ -32,6 +32,7 @@ def serve(
     workers: Annotated[int | None, typer.Option(help="worker processes [WSHUB_WORKERS]")] = None,
     broker: Annotated[str | None, typer.Option(help="broker URL [WSHUB_BROKER]")] = None,
     log_level: Annotated[str | None, typer.Option(help="log level [WSHUB_LOG_LEVEL]")] = None,
+    log_format: Annotated[str | None, typer.Option(help="text or json [WSHUB_LOG_FORMAT]")] = None,
 ) -> None:
     """Serve a hub app (the demo by default) on uvicorn, tuned for WebSockets."""
     given = {
@@ -40,6 +41,7 @@ def serve(
         "workers": workers,
         "broker": broker,
         "log_level": log_level,
+        "log_format": log_format,
     }
     for name, value in given.items():
         if value is not None:
@@ -96,7 +98,7 @@ _BENCH_OPTIONS = {
 
 @bench_app.command("run")
 def bench_run(
-    scenario: Annotated[str, typer.Argument(help="fanout, slow, rooms or idle")] = "fanout",
+    scenario: Annotated[str, typer.Argument(help="fanout, slow, rooms, idle or redis")] = "fanout",
     target: Annotated[
         str, typer.Option(help="wshub, wshub-chat, seed, seed-once, socketio, websockets, bare")
     ] = "wshub",
@@ -107,6 +109,7 @@ def bench_run(
     duration: Annotated[float, typer.Option(help=_BENCH_OPTIONS["duration"])] = 5.0,
     count: Annotated[int, typer.Option(help=_BENCH_OPTIONS["count"])] = 100_000,
     rooms: Annotated[int, typer.Option(help="channels, for rooms")] = 100,
+    workers: Annotated[int, typer.Option(help="server worker processes (redis only)")] = 1,
     runs: Annotated[int, typer.Option(help=_BENCH_OPTIONS["runs"])] = 1,
     json_output: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
@@ -117,7 +120,7 @@ def bench_run(
 
     if target not in TARGETS:
         raise typer.BadParameter(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
-    options = Options(subscribers, payload, window, rate, duration, count, rooms)
+    options = Options(subscribers, payload, window, rate, duration, count, rooms, workers)
     results = [median_result([run(scenario, TARGETS[target], options) for _ in range(runs)])]
     print_results(results, as_json=json_output, title=f"wshub bench {scenario}")
 

@@ -70,7 +70,7 @@ def sendable_close_code(code: int) -> bool:
 
 
 # Publications timed for the latency histogram and not back yet, at most.
-_MAX_TIMED_PUBLISHES = 1000
+_MAX_TIMED_PUBLISHES = 256  # each holds its payload: bounded memory if some never return
 
 
 def running_hubs() -> list[Hub]:

@@ -119,6 +119,30 @@ async def test_killed_subscriber_connection_is_replaced(
     await assert_delivers(started, "c", b"1")
 
 
+async def test_a_probe_whose_cancellation_is_swallowed_still_times_out(
+    redis_url: str, prefix: str
+) -> None:
+    """A publish that swallows the probe's timeout (Python 3.11 wait_for) cannot hang the probe."""
+    broker = fast_broker(redis_url, prefix, probe_timeout=0.1)
+    await broker.start(Recorder())
+    assert broker._client is not None
+
+    async def swallowing_publish(channel: str, message: bytes) -> int:
+        try:
+            await asyncio.sleep(0.5)
+        except asyncio.CancelledError:
+            pass  # as redis-py's asyncio.wait_for can when the reply lands with the cancel
+        return 0
+
+    broker._client.publish = swallowing_publish  # type: ignore[method-assign,assignment]
+    try:
+        await wait_until(lambda: broker.probe_failures >= 1, within=3)
+    finally:
+        began = time.monotonic()
+        await broker.close()
+    assert time.monotonic() - began < 2
+
+
 async def test_deaf_subscriber_is_detected_by_the_probe(
     redis_server: RedisServer, prefix: str
 ) -> None:

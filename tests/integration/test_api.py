@@ -296,7 +296,7 @@ async def test_api_reaches_clients_on_two_worker_processes(
             assert len(clients) < 60, "every client landed on the same worker"
             clients += await open_clients([url] * 5, "room")
         async with httpx.AsyncClient(trust_env=False, timeout=5 * TIME_SCALE) as http:
-            body = {"channel": "room", "data": {"via": "api"}}
+            body: dict[str, Any] = {"channel": "room", "data": {"via": "api"}}
             response = await http.post(hub.http_url("/api/publish"), json=body, headers=GOOD)
             assert response.status_code == 200, response.text
             await wait_received(clients, "room", 1)

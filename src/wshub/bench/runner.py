@@ -6,7 +6,9 @@ Scenarios (every one bounded in time and count):
   delivers (bounded in-flight window) or at a fixed rate;
 - ``slow``: ``fanout`` plus one client that never reads;
 - ``rooms``: N subscribers over many channels, the publisher going round them;
-- ``idle``: N idle connections, for the server's memory per connection.
+- ``idle``: N idle connections, for the server's memory per connection;
+- ``redis``: ``fanout`` against ``wshub serve --workers W`` sharing a Redis that
+  the run starts itself (``redis-server`` on a free port, nothing kept on disk).
 
 The server runs in its own process pinned to core 0, the generator on core 1
 (when the machine has two), and both processes' CPU use is reported: a server
@@ -288,6 +290,40 @@ async def idle(target: Target, options: Options) -> Result:
     return result
 
 
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """Run a throwaway ``redis-server`` on a free port; yield its URL."""
+    port = free_port()
+    argv = [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_listening(port, process)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+async def redis_fanout(target: Target, options: Options) -> Result:
+    """Run ``fanout`` over ``options.workers`` processes sharing a fresh Redis."""
+    if target.name != "wshub":
+        raise ValueError("the redis scenario measures wshub's protocol endpoint")
+    with redis_server() as url:
+        result = await fanout(target, dataclasses.replace(options, broker=url))
+    result.scenario = f"redis x{options.workers}"
+    return result
+
+
 def run(scenario: str, target: Target, options: Options) -> Result:
     """Run one scenario in a fresh event loop (uvloop), the generator pinned to core 1."""
     import uvloop
@@ -298,6 +334,7 @@ def run(scenario: str, target: Target, options: Options) -> Result:
         "slow": lambda: fanout(target, options, slow=True),
         "rooms": lambda: rooms(target, options),
         "idle": lambda: idle(target, options),
+        "redis": lambda: redis_fanout(target, options),
     }
     if scenario not in runners:
         raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(runners)}")

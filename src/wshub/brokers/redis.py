@@ -282,6 +282,10 @@ class RedisBroker(Broker, History, Presence):
     ) -> HistoryPage:
         """Read publications of ``channel`` kept in Redis (see `History.history`).
 
+        While this process is subscribed to ``channel``, the read returns only once
+        every publication up to the page's position has reached ``on_publication``:
+        one echo through the probe channel (see `_echo`) after the read.
+
         Args:
             channel: the channel name without the prefix.
             since: return those after this offset, oldest first; None: the newest.
@@ -361,8 +365,7 @@ class RedisBroker(Broker, History, Presence):
                 `RedisTimeoutError`, so that the subscriber gets probed at once).
         """
         try:
-            async with asyncio.timeout(self._timeout):
-                await self._echo(client)
+            await self._echo(client, self._timeout)
         except TimeoutError as exc:
             raise RedisTimeoutError("the subscriber connection did not catch up") from exc
 
@@ -451,8 +454,7 @@ class RedisBroker(Broker, History, Presence):
         """Check that the subscriber connection still hears what is published."""
         assert self._client is not None
         try:
-            async with asyncio.timeout(self._probe_timeout):
-                await self._echo(self._client)
+            await self._echo(self._client, self._probe_timeout)
         except (TimeoutError, RedisError) as exc:
             self.probe_failures += 1
             reason = str(exc) or "no echo"
@@ -460,7 +462,7 @@ class RedisBroker(Broker, History, Presence):
                 f"liveness probe failed within {self._probe_timeout:g}s: {reason}"
             ) from exc
 
-    async def _echo(self, client: Redis) -> None:
+    async def _echo(self, client: Redis, within: float) -> None:
         """Publish a token on the probe channel and wait until the subscriber reads it back.
 
         Redis sends one connection's pub/sub messages in the order it executed the
@@ -469,16 +471,25 @@ class RedisBroker(Broker, History, Presence):
 
         Args:
             client: the connection pool to publish through.
+            within: seconds the round trip may take.
 
         Raises:
-            RedisError: the publish failed. Without an echo this waits forever: callers
-                bound it with a timeout.
+            TimeoutError: no echo in time (the subscriber is deaf, slow, or gone).
+            RedisError: the publish failed.
         """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
         token = secrets.token_hex(8).encode()
-        waiter = self._echoes[token] = asyncio.get_running_loop().create_future()
+        waiter = self._echoes[token] = loop.create_future()
         try:
-            await client.publish(self._probe_channel, token)
-            await waiter
+            async with asyncio.timeout_at(deadline):
+                await client.publish(self._probe_channel, token)
+            # On Python 3.11, asyncio.wait_for inside redis-py can swallow the
+            # cancellation a timeout (or close()) sends: the publish then returns as if
+            # nothing happened. So the wait for the echo keeps its own deadline.
+            done, _ = await asyncio.wait((waiter,), timeout=max(0.0, deadline - loop.time()))
+            if not done:
+                raise TimeoutError("no echo")
         finally:
             del self._echoes[token]
 
