@@ -80,6 +80,7 @@ class Connection:
         "_handler",
         "_inbound",
         "_inbound_bytes",
+        "dirty",
         "_loop",
         "_owner",
         "_pack_max",
@@ -145,6 +146,7 @@ class Connection:
         self._inbound: asyncio.Queue[Message] | None = None
         self._inbound_bytes = 0
         self._fast: FastPath | None = None  # see wshub.transport
+        self.dirty = False  # queued for the hub's next flush (see `flush`)
         self.aborted = False
         # Channels being recovered: live frames held back until the subscribe reply is out.
         self.recovering: dict[str, list[tuple[int | None, Frame]]] = {}
@@ -173,10 +175,44 @@ class Connection:
             self.close(CloseCode.SLOW_CONSUMER, "slow consumer: send queue overflow", drain=False)
             return
         waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        if waiter is None:
+            return  # the writer is busy and will find the frame
+        fast = self._fast
+        if fast is not None:
+            if not self.dirty:
+                # The writer is parked: rather than waking its task (a task switch per
+                # recipient), the hub flushes every such connection straight to its
+                # transport once the current callback is done, packed (see `flush`).
+                self.dirty = True
+                self.hub.mark_dirty(self)
+            return
+        self._waiter = None
+        if not waiter.done():
+            waiter.set_result(None)
+
+    def flush(self) -> None:
+        """Write what is queued straight to the transport; wake the writer for the rest.
+
+        Called by the hub for connections marked dirty, after the publishes of the
+        current loop iteration were all enqueued, so frames go out packed.
+        """
+        self.dirty = False
+        fast, queue = self._fast, self.queue
+        if self._waiter is None or fast is None or self.state is not ConnectionState.OPEN:
+            return
+        stats = self.hub.stats
+        while queue and fast.ready():
+            before = queue.bytes
+            if self._pack_max:
+                batch = queue.pop_batch(self._pack_max)
+                fast.write_nowait(_wire(batch[0]) if len(batch) == 1 else _packed(batch))
+                stats.frames_sent += len(batch)
+            else:
+                fast.write_nowait(_wire(queue.pop()))
+                stats.frames_sent += 1
+            stats.bytes_sent += before - queue.bytes
+        if queue:  # the transport is full: the writer waits for it to drain
+            self._wake_writer()
 
     def send(self, obj: object) -> None:
         """Encode ``obj`` with the connection's codec and queue it. Never blocks.

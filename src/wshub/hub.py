@@ -179,6 +179,7 @@ class Hub:
         self._started = False
         self._draining = False
         self._heartbeat_task: asyncio.Task[None] | None = None
+        self._dirty: list[Connection] = []
         self._presence = PresenceTracker(broker, settings.presence_ttl)
         self._presence_task: asyncio.Task[None] | None = None
         self._emptied: asyncio.Event | None = None
@@ -230,6 +231,22 @@ class Hub:
             yield
         finally:
             await self.close()
+
+    def mark_dirty(self, conn: Connection) -> None:
+        """Flush ``conn`` straight to its transport at the end of this loop iteration.
+
+        One ``call_soon`` per iteration for all connections: every publish of the
+        iteration is enqueued first, so each connection gets one packed write.
+        """
+        dirty = self._dirty
+        dirty.append(conn)
+        if len(dirty) == 1:
+            asyncio.get_running_loop().call_soon(self._flush_dirty)
+
+    def _flush_dirty(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            conn.flush()
 
     async def shutdown_connections(
         self,

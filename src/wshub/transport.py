@@ -85,6 +85,14 @@ class FastPath:
             and not self._transport.is_closing()
         )
 
+    def ready(self) -> bool:
+        """Whether a write can go out now: open, and the transport not paused."""
+        return self._writable.is_set() and self.open()
+
+    def write_nowait(self, data: bytes) -> None:
+        """Write whole frames now; call only when `ready` is true."""
+        self._transport.write(data)
+
     async def write(self, data: bytes) -> None:
         """Write whole frames, waiting first while the transport's buffer is full.
 
