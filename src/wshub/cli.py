@@ -82,7 +82,7 @@ def publish(
     typer.echo(f"published to {channel} ({receivers} hub process(es) subscribed)")
 
 
-bench_app = typer.Typer(help="Measure wshub and its baselines (see docs/benchmarks.md).")
+bench_app = typer.Typer(help="Measure wshub and its baselines (see the README, Benchmarks).")
 app.add_typer(bench_app, name="bench")
 
 _BENCH_OPTIONS = {
