@@ -65,6 +65,14 @@ class Namespace:
     presence: bool = False
     join_leave: bool = False
 
+    def __post_init__(self) -> None:
+        # A history with no ttl would keep each publication for no time at all:
+        # refuse it here rather than let recovery fail quietly later.
+        if self.history_size < 0 or self.history_ttl < 0:
+            raise ValueError("history_size and history_ttl cannot be negative")
+        if self.history_size > 0 and self.history_ttl <= 0:
+            raise ValueError("a namespace that keeps history needs history_ttl > 0 (seconds)")
+
 
 DEFAULT_NAMESPACE = Namespace()
 PERSONAL = Namespace(subscribe=Access.AUTHENTICATED, publish=Access.NOBODY)

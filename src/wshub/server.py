@@ -127,24 +127,28 @@ def run(app: Any = DEFAULT_APP, settings: Settings | None = None, **overrides: A
 
 
 def serve_workers(app: str, settings: Settings, **overrides: Any) -> int:
-    """Run ``settings.workers`` processes serving ``app`` on one listening socket.
+    """Run ``settings.workers`` processes serving ``app`` on one port.
 
-    The parent binds the socket, starts the workers (spawned, so each has its own
-    event loop and hub), forwards SIGINT/SIGTERM to them so each drains and sends
-    1001, and replaces a worker that dies while the others keep serving.
+    The parent binds one listening socket per worker, all on the same port with
+    SO_REUSEPORT, so that the kernel spreads new connections over the workers (with
+    one shared socket, whichever worker's loop wakes first takes them all). It starts
+    the workers (spawned: each has its own event loop and hub), forwards SIGINT and
+    SIGTERM so each drains and sends 1001, and replaces a worker that dies, on the
+    same socket, while the others keep serving.
 
     Returns:
         The exit code: 0 when every worker stopped cleanly.
     """
-    sock = uvicorn_config(app, settings, **overrides).bind_socket()
+    sockets = _reuseport_sockets(settings.host, settings.port, settings.workers)
     context = multiprocessing.get_context("spawn")
 
-    def start() -> BaseProcess:
-        process = context.Process(target=_worker, args=(app, settings, overrides, sock))
+    def start(index: int) -> BaseProcess:
+        args = (app, settings, overrides, sockets[index])
+        process = context.Process(target=_worker, args=args)
         process.start()
         return process
 
-    workers = [start() for _ in range(settings.workers)]
+    workers = [start(index) for index in range(settings.workers)]
     stopping = False
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -164,15 +168,32 @@ def serve_workers(app: str, settings: Settings, **overrides: Any) -> int:
                         "worker %s died (exit %s); starting another", process.pid, process.exitcode
                     )
                     worker_exited(process.pid)
-                    workers[index] = start()
+                    workers[index] = start(index)
         for process in workers:
             process.join(settings.shutdown_timeout + 10)
             worker_exited(process.pid)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        sock.close()
+        for sock in sockets:
+            sock.close()
     return 0 if all(p.exitcode == 0 for p in workers) else 1
+
+
+def _reuseport_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """``count`` listening sockets on one address, with SO_REUSEPORT (port 0: one is picked)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sockets: list[socket.socket] = []
+    for _ in range(count):
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        port = sock.getsockname()[1]
+        sock.listen(2048)
+        sock.set_inheritable(True)
+        sockets.append(sock)
+    return sockets
 
 
 def _worker(app: str, settings: Settings, overrides: dict[str, Any], sock: socket.socket) -> None:

@@ -130,9 +130,30 @@ async def test_hooks_run_after_the_rules_with_user_channel_and_data() -> None:
 
 async def test_namespace_lookup() -> None:
     """`namespace()` finds the rules by the part before the first colon."""
-    chat = Namespace(history_size=10)
+    chat = Namespace(history_size=10, history_ttl=60)
     perms = Permissions({"chat": chat})
     assert perms.namespace("chat:a:b") is chat
     assert perms.namespace("user:ada") is PERSONAL
     assert perms.namespace("nope:x") is None
     assert Permissions().namespace("anything") is DEFAULT_NAMESPACE
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"history_size": 10},
+        {"history_size": 10, "history_ttl": 0},
+        {"history_size": -1},
+        {"history_ttl": -1.0},
+    ],
+)
+def test_namespace_refuses_a_history_that_keeps_nothing(options: dict[str, float]) -> None:
+    """history_size without a positive history_ttl (or negative values) is refused at once."""
+    with pytest.raises(ValueError):
+        Namespace(**options)  # type: ignore[arg-type]
+
+
+def test_namespace_with_history_and_ttl_is_accepted() -> None:
+    """A history with a size and a ttl is fine; a ttl alone (no size) keeps no history."""
+    assert Namespace(history_size=10, history_ttl=1).history_size == 10
+    assert Namespace(history_ttl=5).history_size == 0

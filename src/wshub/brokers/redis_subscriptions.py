@@ -155,12 +155,23 @@ async def wait_batch(batch: asyncio.Future[None] | None) -> None:
 
 
 async def stop_tasks(*tasks: asyncio.Task[None] | None) -> None:
-    """Cancel tasks and wait for them to end; their failures were handled where they arose."""
-    live = [task for task in tasks if task is not None]
-    for task in live:
-        task.cancel()
-    if live:
-        await asyncio.wait(live)
-    for task in live:
+    """Cancel tasks and wait for them to end; their failures were handled where they arose.
+
+    redis-py's internal ``asyncio.wait_for`` can swallow a cancellation on Python 3.11,
+    and the task then carries on: cancel again every half second, and give up after
+    five seconds rather than hang the caller (a broker's ``close()``).
+    """
+    pending = {task for task in tasks if task is not None}
+    done: set[asyncio.Task[None]] = set()
+    for _ in range(10):
+        if not pending:
+            break
+        for task in pending:
+            task.cancel()
+        finished, pending = await asyncio.wait(pending, timeout=0.5)
+        done |= finished
+    if pending:
+        logging.getLogger(__name__).warning("%d task(s) ignored cancellation", len(pending))
+    for task in done:
         if not task.cancelled():
             task.exception()
