@@ -174,21 +174,16 @@ class Connection:
             self.hub.stats.overflows += 1
             self.close(CloseCode.SLOW_CONSUMER, "slow consumer: send queue overflow", drain=False)
             return
-        waiter = self._waiter
-        if waiter is None:
+        if self._waiter is None:
             return  # the writer is busy and will find the frame
-        fast = self._fast
-        if fast is not None:
-            if not self.dirty:
-                # The writer is parked: rather than waking its task (a task switch per
-                # recipient), the hub flushes every such connection straight to its
-                # transport once the current callback is done, packed (see `flush`).
-                self.dirty = True
-                self.hub.mark_dirty(self)
-            return
-        self._waiter = None
-        if not waiter.done():
-            waiter.set_result(None)
+        if self._fast is None:
+            self._wake_writer()
+        elif not self.dirty:
+            # The writer is parked: rather than waking its task (a task switch per
+            # recipient), the hub flushes every such connection straight to its
+            # transport once the current callback is done, packed (see `flush`).
+            self.dirty = True
+            self.hub.mark_dirty(self)
 
     def flush(self) -> None:
         """Write what is queued straight to the transport; wake the writer for the rest.
