@@ -31,7 +31,7 @@ import orjson
 from starlette.websockets import WebSocketState
 
 from wshub import Hub, Publication
-from wshub.codecs import JSON, MSGPACK
+from wshub.core.codecs import JSON, MSGPACK
 
 
 class NullSocket:

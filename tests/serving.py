@@ -20,7 +20,7 @@ import time
 from types import TracebackType
 from typing import Any
 
-from wshub.server import HubServer, uvicorn_config
+from wshub.server.serve import HubServer, uvicorn_config
 from wshub.settings import Settings
 from wshub.testing import TIME_SCALE
 

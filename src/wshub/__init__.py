@@ -6,12 +6,9 @@ spans processes and hosts. See the README for a tour and DESIGN.md for the rules
 
 import typing as _typing
 
-from wshub.auth import Authenticator, AuthError, Identity, JWTAuthenticator
 from wshub.brokers import Broker, BrokerState, Publication, PublishResult, broker_from_url
-from wshub.codecs import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL
-from wshub.connection import Connection, ConnectionState
-from wshub.endpoint import ProtocolEndpoint
-from wshub.errors import (
+from wshub.core.codecs import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL
+from wshub.core.errors import (
     BrokerUnavailable,
     CloseCode,
     ErrorCode,
@@ -19,10 +16,13 @@ from wshub.errors import (
     PublishError,
     WshubError,
 )
-from wshub.fastapi import add_health_routes, mount
-from wshub.hub import Hub, HubStats
-from wshub.permissions import Access, Namespace
-from wshub.sendqueue import OverflowPolicy
+from wshub.core.sendqueue import OverflowPolicy
+from wshub.hub.connection import Connection, ConnectionState
+from wshub.hub.facade import Hub, HubStats
+from wshub.hub.permissions import Access, Namespace
+from wshub.server.auth import Authenticator, AuthError, Identity, JWTAuthenticator
+from wshub.server.endpoint import ProtocolEndpoint
+from wshub.server.fastapi import add_health_routes, mount
 from wshub.settings import Settings
 
 if _typing.TYPE_CHECKING:

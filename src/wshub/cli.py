@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Annotated
 import orjson
 import typer
 
-from wshub.errors import WshubError
-from wshub.server import DEFAULT_APP, run
+from wshub.core.errors import WshubError
+from wshub.server.serve import DEFAULT_APP, run
 from wshub.settings import Settings
 
 if TYPE_CHECKING:

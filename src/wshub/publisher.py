@@ -25,8 +25,8 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from wshub.brokers.redis import check_url, redis_location
-from wshub.channels import is_valid_channel
-from wshub.errors import BrokerUnavailable, PublishError
+from wshub.core.channels import is_valid_channel
+from wshub.core.errors import BrokerUnavailable, PublishError
 
 
 class Publisher:

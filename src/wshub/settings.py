@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from wshub.sendqueue import OverflowPolicy
+from wshub.core.sendqueue import OverflowPolicy
 
 KIB = 1024
 MIB = 1024 * KIB

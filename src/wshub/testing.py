@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from wshub.server import HubServer, uvicorn_config
+from wshub.server.serve import HubServer, uvicorn_config
 from wshub.settings import Settings
 
 #: Multiplies every test timeout; set WSHUB_TEST_TIME_SCALE=3 on a slow machine.

@@ -8,7 +8,7 @@ import pytest
 
 from tests.brokers.engines import Engine, MakeBroker, poll_until, sleep_scaled
 from wshub.brokers.base import HistoryOptions, Publication
-from wshub.history import NO_HISTORY, StreamPosition
+from wshub.brokers.history import NO_HISTORY, StreamPosition
 from wshub.testing import wait_until
 
 pytestmark = pytest.mark.anyio

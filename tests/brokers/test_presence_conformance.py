@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.brokers.engines import MakeBroker, poll_until, sleep_scaled
-from wshub.presence import ClientInfo
+from wshub.brokers.presence import ClientInfo
 
 pytestmark = pytest.mark.anyio
 

@@ -12,7 +12,7 @@ import pytest
 from tests.redis_support import Recorder, RedisServer
 from wshub.brokers.base import Publication
 from wshub.brokers.redis import RedisBroker
-from wshub.errors import BrokerUnavailable, PublishError
+from wshub.core.errors import BrokerUnavailable, PublishError
 from wshub.publisher import Publisher
 from wshub.testing import wait_until
 

@@ -14,11 +14,11 @@ import redis.asyncio
 from tests.redis_support import Recorder, RedisServer
 from wshub.brokers import BrokerState
 from wshub.brokers.base import HistoryOptions, Publication
+from wshub.brokers.history import NO_HISTORY, StreamPosition
 from wshub.brokers.redis import RedisBroker
 from wshub.brokers.redis_history import META_INFIX, STREAM_INFIX
 from wshub.brokers.redis_wire import encode_payload
-from wshub.errors import BrokerUnavailable
-from wshub.history import NO_HISTORY, StreamPosition
+from wshub.core.errors import BrokerUnavailable
 from wshub.testing import TIME_SCALE, wait_until
 
 pytestmark = pytest.mark.anyio

@@ -15,7 +15,7 @@ from tests.redis_support import Recorder, RedisServer
 from wshub.brokers import BrokerState
 from wshub.brokers.base import Publication
 from wshub.brokers.redis import RedisBroker
-from wshub.errors import BrokerUnavailable
+from wshub.core.errors import BrokerUnavailable
 from wshub.testing import wait_until
 
 pytestmark = pytest.mark.anyio

@@ -14,9 +14,9 @@ import redis.asyncio
 
 from tests.brokers.engines import poll_until
 from tests.redis_support import Recorder
+from wshub.brokers.presence import ClientInfo
 from wshub.brokers.redis import RedisBroker
 from wshub.brokers.redis_presence import ENTRIES_INFIX, EXPIRIES_INFIX
-from wshub.presence import ClientInfo
 from wshub.testing import TIME_SCALE
 
 pytestmark = pytest.mark.anyio
@@ -28,7 +28,7 @@ BOB = ClientInfo("c2", "bob")
 DOOMED_WORKER = """
 import asyncio, sys
 from wshub.brokers.redis import RedisBroker
-from wshub.presence import ClientInfo
+from wshub.brokers.presence import ClientInfo
 
 class Quiet:
     def on_publication(self, channel, publication): pass

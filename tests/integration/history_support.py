@@ -23,7 +23,7 @@ from fastapi import FastAPI, WebSocket
 
 from tests.redis_support import RedisServer
 from wshub import Hub, mount
-from wshub.permissions import Namespace
+from wshub.hub.permissions import Namespace
 from wshub.testing import RunningServer, wait_until
 
 from .support import NO_RATE_LIMIT, connect

@@ -17,7 +17,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from wshub import Hub
-from wshub.channels import BROADCAST_CHANNEL
+from wshub.core.channels import BROADCAST_CHANNEL
 from wshub.testing import TIME_SCALE, RunningServer
 
 #: Hub settings for tests whose publisher client sends thousands of frames in a burst.

@@ -13,8 +13,8 @@ from fastapi import FastAPI
 
 from tests.redis_support import RedisServer
 from wshub import Hub, mount
-from wshub.api import add_api
-from wshub.permissions import Namespace
+from wshub.hub.permissions import Namespace
+from wshub.ops.api import add_api
 from wshub.testing import TIME_SCALE, RunningServer, wait_until
 
 from .processes import NO_RATE_LIMIT, hub_env, hub_processes, numsub, stop

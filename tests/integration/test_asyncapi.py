@@ -15,9 +15,9 @@ from fastapi import FastAPI
 from jsonschema import Draft7Validator
 
 from wshub import Hub, mount
-from wshub.asyncapi import CLOSE_MEANINGS, ERROR_MEANINGS, OPS, add_asyncapi, document
-from wshub.errors import CloseCode, ErrorCode, ProtocolError
-from wshub.protocol import Op, parse_command
+from wshub.core.errors import CloseCode, ErrorCode, ProtocolError
+from wshub.core.protocol import Op, parse_command
+from wshub.ops.asyncapi import CLOSE_MEANINGS, ERROR_MEANINGS, OPS, add_asyncapi, document
 from wshub.testing import RunningServer
 
 pytestmark = pytest.mark.anyio

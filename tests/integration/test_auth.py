@@ -29,8 +29,8 @@ from fastapi import Depends, FastAPI, WebSocket
 from websockets.asyncio.client import ClientConnection
 
 from wshub import Hub, mount
-from wshub.auth import Identity, JWTAuthenticator
-from wshub.logs import REDACTED
+from wshub.ops.logs import REDACTED
+from wshub.server.auth import Identity, JWTAuthenticator
 from wshub.testing import TIME_SCALE, RunningServer, wait_until
 
 pytestmark = pytest.mark.anyio

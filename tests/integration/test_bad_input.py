@@ -10,7 +10,7 @@ import orjson
 import pytest
 import websockets
 
-from wshub.codecs import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL
+from wshub.core.codecs import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL
 from wshub.testing import wait_until
 
 from .support import close_code, connect, registries_empty, scaled

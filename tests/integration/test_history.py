@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import pytest
 
-from wshub.errors import ProtocolError
-from wshub.history import HistoryPage
+from wshub.brokers.history import HistoryPage
+from wshub.core.errors import ProtocolError
 from wshub.testing import RunningServer
 
 from .history_support import (  # noqa: F401 (backend_fixture: the backend fixture)

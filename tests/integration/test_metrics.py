@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from tests.redis_support import RedisServer
 from wshub import Hub, Publication, mount
-from wshub.metrics import add_metrics
+from wshub.ops.metrics import add_metrics
 from wshub.testing import RunningServer
 
 from .processes import NO_RATE_LIMIT, hub_env, hub_processes, numsub, stop

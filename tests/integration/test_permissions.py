@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from websockets.asyncio.client import ClientConnection
 
 from wshub import Hub, mount
-from wshub.permissions import Access, Namespace
+from wshub.hub.permissions import Access, Namespace
 from wshub.testing import TIME_SCALE, RunningServer, wait_until
 
 pytestmark = pytest.mark.anyio

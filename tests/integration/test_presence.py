@@ -19,10 +19,10 @@ from typing import Any
 import jwt
 import pytest
 
-from wshub.auth import JWTAuthenticator
-from wshub.errors import ProtocolError
-from wshub.permissions import Namespace
-from wshub.presence import ClientInfo
+from wshub.brokers.presence import ClientInfo
+from wshub.core.errors import ProtocolError
+from wshub.hub.permissions import Namespace
+from wshub.server.auth import JWTAuthenticator
 from wshub.testing import TIME_SCALE, RunningServer, run_server, wait_until
 
 from .history_support import (  # noqa: F401 (backend_fixture: the backend fixture)

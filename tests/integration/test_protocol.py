@@ -9,7 +9,7 @@ import msgpack
 import orjson
 import pytest
 
-from wshub.codecs import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL
+from wshub.core.codecs import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL
 from wshub.testing import wait_until
 
 from .support import registries_empty

@@ -19,7 +19,7 @@ import orjson
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from wshub.codecs import MSGPACK_SUBPROTOCOL
+from wshub.core.codecs import MSGPACK_SUBPROTOCOL
 from wshub.testing import RunningServer
 
 from .support import close_code, connect, scaled

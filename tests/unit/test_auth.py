@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from starlette.websockets import WebSocket
 
-from wshub.auth import AuthError, Identity, JWTAuthenticator, authenticator_from_settings
+from wshub.server.auth import AuthError, Identity, JWTAuthenticator, authenticator_from_settings
 from wshub.settings import Settings
 
 SECRET = "unit-test-secret-that-is-long-enough-for-hs512-0123456789abcdef!"

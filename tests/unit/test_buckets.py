@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wshub.buckets import LATENCY_BOUNDS, QUEUE_DEPTH_BOUNDS, Buckets
+from wshub.core.buckets import LATENCY_BOUNDS, QUEUE_DEPTH_BOUNDS, Buckets
 
 
 def test_values_land_in_the_first_bucket_whose_bound_they_do_not_exceed() -> None:

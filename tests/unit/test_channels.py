@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wshub.channels import (
+from wshub.core.channels import (
     BROADCAST_CHANNEL,
     MAX_CHANNEL_LENGTH,
     USER_CHANNEL_PREFIX,

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from wshub.brokers.base import Publication
-from wshub.codecs import (
+from wshub.core.codecs import (
     CODECS,
     JSON,
     JSON_SUBPROTOCOL,
@@ -23,8 +23,8 @@ from wshub.codecs import (
     codec_for_subprotocols,
     encode_data,
 )
-from wshub.errors import ErrorCode, ProtocolError
-from wshub.protocol import PING
+from wshub.core.errors import ErrorCode, ProtocolError
+from wshub.core.protocol import PING
 
 
 def refused(codec: Codec, text: str | None, data: bytes | None) -> ProtocolError:

@@ -21,16 +21,17 @@ PACKAGE = Path(wshub.__file__).parent
 
 #: The Sans-I/O core: bytes in, frames out, no event loop, no web framework, no socket.
 PURE_MODULES = [
-    "wshub.protocol",
-    "wshub.codecs",
-    "wshub.sendqueue",
-    "wshub.channels",
-    "wshub.errors",
+    "wshub.core.protocol",
+    "wshub.core.codecs",
+    "wshub.core.sendqueue",
+    "wshub.core.channels",
+    "wshub.core.errors",
+    "wshub.core.types",
 ]
 #: Top-level packages the pure core must not import, directly or through other wshub modules.
 IO_PACKAGES = {"asyncio", "anyio", "socket", "starlette", "fastapi", "uvicorn", "websockets"}
 #: What a broker must never import: the layers above it.
-ABOVE_BROKERS = {"wshub.hub", "wshub.connection", "wshub.endpoint", "wshub.fastapi"}
+ABOVE_BROKERS = {"wshub.hub", "wshub.server", "wshub.ops", "wshub.client"}
 
 
 def module_path(name: str) -> Path:
@@ -104,10 +105,10 @@ def reachable(name: str) -> set[str]:
 
 def test_the_graph_sees_known_edges() -> None:
     """Sanity check of the walker itself: known imports are found, relative ones resolved."""
-    assert "wshub.channels" in imports_of("wshub.protocol")
-    assert "orjson" in reachable("wshub.codecs")
-    assert "wshub.brokers" in reachable("wshub.codecs")  # parent package of brokers.base
-    assert "asyncio" in reachable("wshub.connection")
+    assert "wshub.core.channels" in imports_of("wshub.core.protocol")
+    assert "orjson" in reachable("wshub.core.codecs")
+    assert "wshub.core" in reachable("wshub.core.codecs")  # parent package of core.types
+    assert "asyncio" in reachable("wshub.hub.connection")
     assert "wshub.brokers.base" in imports_of("wshub.brokers")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wshub.limits import TokenBucket
+from wshub.core.limits import TokenBucket
 
 
 @pytest.mark.parametrize(("rate", "burst"), [(0, 10), (-1, 10), (10, 0), (10, 0.5)])

@@ -8,7 +8,7 @@ import sys
 import orjson
 import pytest
 
-from wshub.logs import REDACTED, JsonFormatter, logging_config
+from wshub.ops.logs import REDACTED, JsonFormatter, logging_config
 
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhZGEifQ.c2lnbmF0dXJl"
 
@@ -56,7 +56,7 @@ def test_logging_config_covers_uvicorn_and_wshub(log_format: str) -> None:
     assert config["loggers"]["wshub"]["level"] == "DEBUG"
     assert all(h["filters"] == ["redact"] for h in config["handlers"].values())
     json_formatters = {f.get("()") for f in config["formatters"].values()}
-    assert (json_formatters == {"wshub.logs.JsonFormatter"}) == (log_format == "json")
+    assert (json_formatters == {"wshub.ops.logs.JsonFormatter"}) == (log_format == "json")
 
 
 def test_unknown_log_format_is_refused() -> None:

@@ -6,7 +6,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from wshub import Hub
-from wshub.metrics import HubMetrics, auth_reason_label, close_code_label
+from wshub.ops.metrics import HubMetrics, auth_reason_label, close_code_label
 
 
 @pytest.mark.parametrize(

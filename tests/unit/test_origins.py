@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wshub.origins import origin_allowed
+from wshub.server.origins import origin_allowed
 
 NONE: frozenset[str] = frozenset()
 

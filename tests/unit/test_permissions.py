@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from wshub.errors import ErrorCode, ProtocolError
-from wshub.permissions import (
+from wshub.core.errors import ErrorCode, ProtocolError
+from wshub.hub.permissions import (
     DEFAULT_NAMESPACE,
     PERSONAL,
     Access,

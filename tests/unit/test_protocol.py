@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from wshub.brokers.base import Publication
-from wshub.channels import MAX_CHANNEL_LENGTH
-from wshub.errors import ErrorCode, ProtocolError
-from wshub.protocol import (
+from wshub.core.channels import MAX_CHANNEL_LENGTH
+from wshub.core.errors import ErrorCode, ProtocolError
+from wshub.core.protocol import (
     MAX_ID_LENGTH,
     MAX_REASON_BYTES,
     PROTOCOL_VERSION,

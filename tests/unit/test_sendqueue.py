@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from wshub.sendqueue import Frame, OverflowPolicy, SendQueue
+from wshub.core.sendqueue import Frame, OverflowPolicy, SendQueue
 
 
 def frame(size: int, tag: str = "x") -> Frame:

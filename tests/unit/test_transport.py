@@ -6,7 +6,7 @@ import pytest
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from wshub.transport import OP_BINARY, OP_TEXT, FastPath, frame_bytes, frame_header
+from wshub.hub.transport import OP_BINARY, OP_TEXT, FastPath, frame_bytes, frame_header
 
 
 def parse(data: bytes) -> Frame:

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
     if args.target == "wshub":
-        from wshub.server import run
+        from wshub.server.serve import run
         from wshub.settings import Settings
 
         os.environ.setdefault("WSHUB_PING_INTERVAL", "3600")  # no app pings mid-run

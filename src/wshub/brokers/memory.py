@@ -16,8 +16,8 @@ from wshub.brokers.base import (
     Publication,
     PublishResult,
 )
-from wshub.history import History, HistoryPage, MemoryHistory
-from wshub.presence import ClientInfo, MemoryPresence, Presence
+from wshub.brokers.history import History, HistoryPage, MemoryHistory
+from wshub.brokers.presence import ClientInfo, MemoryPresence, Presence
 
 
 class MemoryBroker(Broker, History, Presence):

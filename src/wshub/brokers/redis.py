@@ -70,6 +70,8 @@ from wshub.brokers.base import (
     HistoryOptions,
     PublishResult,
 )
+from wshub.brokers.history import History, HistoryPage
+from wshub.brokers.presence import ClientInfo, Presence
 from wshub.brokers.redis_connections import (
     SCHEMES,
     check_url,
@@ -81,9 +83,7 @@ from wshub.brokers.redis_history import RedisHistory
 from wshub.brokers.redis_presence import RedisPresence
 from wshub.brokers.redis_subscriptions import CHUNK, Subscriptions, settle, stop_tasks, wait_batch
 from wshub.brokers.redis_wire import decode_payload, encode_payload
-from wshub.errors import BrokerUnavailable
-from wshub.history import History, HistoryPage
-from wshub.presence import ClientInfo, Presence
+from wshub.core.errors import BrokerUnavailable
 
 __all__ = ["PROBE_INFIX", "SCHEMES", "RedisBroker", "check_url", "redis_location"]
 

@@ -20,6 +20,7 @@ from typing import Any, Final
 from redis.asyncio import Redis
 
 from wshub.brokers.base import HistoryOptions, Publication, PublishResult
+from wshub.brokers.history import NO_HISTORY, HistoryPage, StreamPosition, new_epoch
 from wshub.brokers.redis_scripts import (
     PUBLISH_WITH_HISTORY,
     READ_HISTORY,
@@ -27,7 +28,6 @@ from wshub.brokers.redis_scripts import (
     milliseconds,
 )
 from wshub.brokers.redis_wire import offset_header_rest
-from wshub.history import NO_HISTORY, HistoryPage, StreamPosition, new_epoch
 
 #: Between the prefix and the channel in the name of a channel's history stream.
 STREAM_INFIX: Final = "history:"

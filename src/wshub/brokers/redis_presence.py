@@ -19,8 +19,8 @@ from typing import Final
 import orjson
 from redis.asyncio import Redis
 
+from wshub.brokers.presence import ClientInfo
 from wshub.brokers.redis_scripts import PRESENCE_ADD, PRESENCE_READ, LuaScript, milliseconds
-from wshub.presence import ClientInfo
 
 #: Between the prefix and the channel in the name of a channel's presence hash.
 ENTRIES_INFIX: Final = "presence:"

@@ -13,14 +13,14 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, WebSocket
 from fastapi.responses import HTMLResponse
 
-from wshub.api import add_api
-from wshub.asyncapi import add_asyncapi
-from wshub.auth import Identity
-from wshub.errors import BrokerUnavailable, CloseCode
-from wshub.fastapi import add_health_routes, mount
-from wshub.hub import Hub
-from wshub.metrics import add_metrics
-from wshub.permissions import Namespace
+from wshub.core.errors import BrokerUnavailable, CloseCode
+from wshub.hub.facade import Hub
+from wshub.hub.permissions import Namespace
+from wshub.ops.api import add_api
+from wshub.ops.asyncapi import add_asyncapi
+from wshub.ops.metrics import add_metrics
+from wshub.server.auth import Identity
+from wshub.server.fastapi import add_health_routes, mount
 
 # chat:<room> keeps 100 messages for 5 minutes (recovery on reconnect) and shows
 # who is there; every other channel is open, without history or presence.

@@ -16,9 +16,9 @@ from typing import Any
 
 import orjson
 
-from wshub.brokers.base import Publication
-from wshub.channels import MAX_CHANNEL_LENGTH, is_valid_channel
-from wshub.errors import ErrorCode, ProtocolError
+from wshub.core.channels import MAX_CHANNEL_LENGTH, is_valid_channel
+from wshub.core.errors import ErrorCode, ProtocolError
+from wshub.core.types import Publication
 
 PROTOCOL_VERSION = 1
 MAX_ID_LENGTH = 64

@@ -8,9 +8,9 @@ from importlib.resources import files
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from wshub.endpoint import ProtocolEndpoint
-from wshub.hub import Hub
-from wshub.origins import OriginMiddleware
+from wshub.hub.facade import Hub
+from wshub.server.endpoint import ProtocolEndpoint
+from wshub.server.origins import OriginMiddleware
 
 
 def mount(app: FastAPI | APIRouter, hub: Hub, path: str = "/ws") -> ProtocolEndpoint:

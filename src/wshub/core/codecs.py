@@ -19,9 +19,9 @@ from typing import Any, ClassVar
 import msgpack
 import orjson
 
-from wshub.brokers.base import Publication
-from wshub.errors import ErrorCode, ProtocolError
-from wshub.sendqueue import Frame
+from wshub.core.errors import ErrorCode, ProtocolError
+from wshub.core.sendqueue import Frame
+from wshub.core.types import Publication
 
 JSON_SUBPROTOCOL = "wshub.v1.json"
 MSGPACK_SUBPROTOCOL = "wshub.v1.msgpack"

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from wshub.errors import CloseCode
+from wshub.core.errors import CloseCode
 
 logger = logging.getLogger("wshub.origins")
 

@@ -23,14 +23,10 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
-from wshub.auth import ANONYMOUS, AuthError, Identity
-from wshub.codecs import Codec, codec_for_subprotocols
-from wshub.connection import Connection, ConnectionState, Message
-from wshub.errors import BrokerUnavailable, CloseCode, ErrorCode, ProtocolError, PublishError
-from wshub.hub import Hub
-from wshub.limits import TokenBucket
-from wshub.logs import log_identified, log_refused
-from wshub.protocol import (
+from wshub.core.codecs import Codec, codec_for_subprotocols
+from wshub.core.errors import BrokerUnavailable, CloseCode, ErrorCode, ProtocolError, PublishError
+from wshub.core.limits import TokenBucket
+from wshub.core.protocol import (
     Command,
     Op,
     error_reply,
@@ -39,6 +35,10 @@ from wshub.protocol import (
     reply,
     welcome,
 )
+from wshub.hub.connection import Connection, ConnectionState, Message
+from wshub.hub.facade import Hub
+from wshub.ops.logs import log_identified, log_refused
+from wshub.server.auth import ANONYMOUS, AuthError, Identity
 
 logger = logging.getLogger("wshub.endpoint")
 

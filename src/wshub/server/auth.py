@@ -23,8 +23,8 @@ import jwt
 from starlette.exceptions import WebSocketException
 from starlette.websockets import WebSocket, WebSocketState
 
-from wshub.errors import CloseCode, WshubError
-from wshub.protocol import truncate_reason
+from wshub.core.errors import CloseCode, WshubError
+from wshub.core.protocol import truncate_reason
 from wshub.settings import Settings
 
 

@@ -20,8 +20,8 @@ import dataclasses
 import enum
 from collections.abc import Awaitable, Callable, Mapping
 
-from wshub.channels import namespace_of
-from wshub.errors import ErrorCode, ProtocolError
+from wshub.core.channels import namespace_of
+from wshub.core.errors import ErrorCode, ProtocolError
 
 PERSONAL_NAMESPACE = "user"
 #: The key of the rules for namespaces not listed by name.

@@ -25,32 +25,32 @@ import orjson
 from starlette.exceptions import WebSocketException
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from wshub.auth import (
-    ANONYMOUS,
-    Authenticator,
-    Identity,
-    authenticator_from_settings,
-    websocket_identity,
-)
 from wshub.brokers import Broker, BrokerState, Publication, PublishResult, broker_from_url
 from wshub.brokers.base import HistoryOptions
-from wshub.buckets import LATENCY_BOUNDS, Buckets
-from wshub.channels import (
+from wshub.brokers.history import History, HistoryPage, recovered
+from wshub.brokers.presence import ClientInfo, Presence, PresenceTracker
+from wshub.core.buckets import LATENCY_BOUNDS, Buckets
+from wshub.core.channels import (
     BROADCAST_CHANNEL,
     MAX_CHANNEL_LENGTH,
     USER_CHANNEL_PREFIX,
     is_valid_channel,
     user_channel,
 )
-from wshub.codecs import CODECS, RAW_JSON, Codec, encode_data
-from wshub.connection import Connection, ConnectionState
-from wshub.errors import CloseCode, ErrorCode, ProtocolError, PublishError
-from wshub.history import History, HistoryPage, recovered
-from wshub.logs import install_redaction, log_connected, log_disconnected, log_refused
-from wshub.permissions import Namespace, Permissions, PublishHook, SubscribeHook
-from wshub.presence import ClientInfo, Presence, PresenceTracker
-from wshub.protocol import PING, publication_object
-from wshub.sendqueue import Frame, OverflowPolicy, SendQueue
+from wshub.core.codecs import CODECS, RAW_JSON, Codec, encode_data
+from wshub.core.errors import CloseCode, ErrorCode, ProtocolError, PublishError
+from wshub.core.protocol import PING, publication_object
+from wshub.core.sendqueue import Frame, OverflowPolicy, SendQueue
+from wshub.hub.connection import Connection, ConnectionState
+from wshub.hub.permissions import Namespace, Permissions, PublishHook, SubscribeHook
+from wshub.ops.logs import install_redaction, log_connected, log_disconnected, log_refused
+from wshub.server.auth import (
+    ANONYMOUS,
+    Authenticator,
+    Identity,
+    authenticator_from_settings,
+    websocket_identity,
+)
 from wshub.settings import Settings
 
 logger = logging.getLogger("wshub.hub")

@@ -22,7 +22,7 @@ import orjson
 from starlette.requests import HTTPConnection
 
 if TYPE_CHECKING:
-    from wshub.connection import Connection
+    from wshub.hub.connection import Connection
 
 #: Query parameters whose values never reach a log line.
 SECRET_PARAMS = ("token", "access_token", "jwt", "api_key", "apikey")
@@ -229,7 +229,7 @@ def logging_config(log_format: str = "text", level: str = "info") -> dict[str, A
         },
     }
     if log_format == "json":
-        formatters = {name: {"()": "wshub.logs.JsonFormatter"} for name in formatters}
+        formatters = {name: {"()": "wshub.ops.logs.JsonFormatter"} for name in formatters}
     streams = {
         "default": "ext://sys.stderr",
         "access": "ext://sys.stdout",
@@ -247,7 +247,7 @@ def logging_config(log_format: str = "text", level: str = "info") -> dict[str, A
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"redact": {"()": "wshub.logs.RedactingFilter"}},
+        "filters": {"redact": {"()": "wshub.ops.logs.RedactingFilter"}},
         "formatters": formatters,
         "handlers": handlers,
         "loggers": {

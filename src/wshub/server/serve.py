@@ -24,9 +24,9 @@ from typing import Any
 
 import uvicorn
 
-from wshub.hub import running_hubs
-from wshub.logs import logging_config
-from wshub.metrics import multiprocess_directory, worker_exited
+from wshub.hub.facade import running_hubs
+from wshub.ops.logs import logging_config
+from wshub.ops.metrics import multiprocess_directory, worker_exited
 from wshub.settings import Settings
 
 DEFAULT_APP = "wshub.demo:app"

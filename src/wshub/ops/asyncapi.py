@@ -18,10 +18,10 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 
-from wshub.channels import CHANNEL_CHARS, MAX_CHANNEL_LENGTH
-from wshub.codecs import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL
-from wshub.errors import CloseCode, ErrorCode
-from wshub.protocol import MAX_ID_LENGTH, PROTOCOL_VERSION, Op
+from wshub.core.channels import CHANNEL_CHARS, MAX_CHANNEL_LENGTH
+from wshub.core.codecs import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL
+from wshub.core.errors import CloseCode, ErrorCode
+from wshub.core.protocol import MAX_ID_LENGTH, PROTOCOL_VERSION, Op
 
 Schema = dict[str, Any]
 

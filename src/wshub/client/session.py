@@ -48,25 +48,8 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.typing import Subprotocol
 
-from wshub.codecs import JSON_SUBPROTOCOL
-from wshub.errors import WshubError
-
-__all__ = [
-    "ChannelPositions",
-    "Client",
-    "ClientError",
-    "ClientState",
-    "HistoryPage",
-    "Message",
-    "PresenceEvent",
-    "Recovery",
-    "StateChange",
-    "Subscription",
-    "backoff_delay",
-    "reconnect_policy",
-    "split_frames",
-    "token_expiry",
-]
+from wshub.core.codecs import JSON_SUBPROTOCOL
+from wshub.core.errors import WshubError
 
 logger = logging.getLogger("wshub.client")
 

@@ -29,15 +29,15 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from starlette.websockets import WebSocket, WebSocketState
 
-from wshub.codecs import Codec
-from wshub.errors import CloseCode
-from wshub.limits import TokenBucket
-from wshub.protocol import truncate_reason
-from wshub.sendqueue import Frame, SendQueue
-from wshub.transport import OP_BINARY, OP_TEXT, FastPath, frame_bytes, frame_header
+from wshub.core.codecs import Codec
+from wshub.core.errors import CloseCode
+from wshub.core.limits import TokenBucket
+from wshub.core.protocol import truncate_reason
+from wshub.core.sendqueue import Frame, SendQueue
+from wshub.hub.transport import OP_BINARY, OP_TEXT, FastPath, frame_bytes, frame_header
 
 if TYPE_CHECKING:
-    from wshub.hub import Hub
+    from wshub.hub.facade import Hub
 
 logger = logging.getLogger("wshub.connection")
 

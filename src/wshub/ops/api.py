@@ -30,10 +30,10 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, Field, field_validator
 
-from wshub.channels import CHANNEL_CHARS, MAX_CHANNEL_LENGTH
-from wshub.errors import BrokerUnavailable, CloseCode, ErrorCode, ProtocolError, PublishError
-from wshub.hub import Hub, sendable_close_code
-from wshub.protocol import MAX_REASON_BYTES, publication_object
+from wshub.core.channels import CHANNEL_CHARS, MAX_CHANNEL_LENGTH
+from wshub.core.errors import BrokerUnavailable, CloseCode, ErrorCode, ProtocolError, PublishError
+from wshub.core.protocol import MAX_REASON_BYTES, publication_object
+from wshub.hub.facade import Hub, sendable_close_code
 
 logger = logging.getLogger("wshub.api")
 

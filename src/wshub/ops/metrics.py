@@ -59,9 +59,9 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 from wshub.brokers import BrokerState
-from wshub.buckets import LATENCY_BOUNDS, QUEUE_DEPTH_BOUNDS, Buckets
-from wshub.errors import CloseCode
-from wshub.hub import Hub, HubStats
+from wshub.core.buckets import LATENCY_BOUNDS, QUEUE_DEPTH_BOUNDS, Buckets
+from wshub.core.errors import CloseCode
+from wshub.hub.facade import Hub, HubStats
 
 #: The environment variable that turns prometheus_client's multiprocess mode on.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"

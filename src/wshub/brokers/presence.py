@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from wshub.errors import WshubError
+from wshub.core.errors import WshubError
 
 logger = logging.getLogger("wshub.presence")
 

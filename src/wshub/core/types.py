@@ -1,0 +1,64 @@
+"""The vocabulary every layer shares: publications, publish results, history options.
+
+Sans-I/O: this module imports no event loop, web framework or broker, so the wire
+core (`wshub.core.protocol`, `wshub.core.codecs`) and every broker can depend on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Publication:
+    """One published message as the broker delivers it.
+
+    Attributes:
+        data: the payload, JSON-encoded once by the publisher.
+        offset: position in the channel's history, when the channel keeps one.
+        origin: the client id of the publishing connection, when there was one.
+        event: None for a message; ``"join"`` or ``"leave"`` for a presence change,
+            whose ``data`` is then the JSON object ``{"client","user"}``.
+    """
+
+    data: bytes
+    offset: int | None = None
+    origin: str | None = None
+    event: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PublishResult:
+    """What `Broker.publish` reports back to the publisher.
+
+    Attributes:
+        offset: the publication's history offset, or None without history.
+        epoch: the history's epoch, or None without history.
+    """
+
+    offset: int | None = None
+    epoch: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HistoryOptions:
+    """How much of a channel's past a broker keeps.
+
+    Attributes:
+        size: publications kept (the oldest go first).
+        ttl: seconds a publication is kept; the whole history (and its epoch) is
+            forgotten when nothing was published for that long.
+    """
+
+    size: int
+    ttl: float
+
+
+class BrokerState(enum.StrEnum):
+    """Whether the broker can currently carry publications."""
+
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    CLOSED = "closed"
