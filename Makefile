@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv run lint fmt test browser-deps bench clean
+.PHONY: venv run lint fmt test test-asgi browser-deps bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,17 @@ fmt: venv
 
 test: browser-deps lint
 	$(BIN)/pytest
+	$(MAKE) --no-print-directory test-asgi
+
+# The suites that drive the writer again, with the transport fast path off: every send
+# through plain ASGI, as on servers other than uvicorn (hypercorn, granian, daphne).
+# test_connections_follow_the_environment checks that the servers here really are on ASGI.
+ASGI_SUITES := tests/integration/test_fanout.py tests/integration/test_backpressure.py \
+	tests/integration/test_shutdown.py tests/integration/test_recovery.py
+
+test-asgi: venv
+	WSHUB_TRANSPORT_FAST_PATH=false $(BIN)/pytest $(ASGI_SUITES) \
+		tests/integration/test_transport.py::test_connections_follow_the_environment
 
 # Browser tests drive Debian's chromium through Playwright (never a downloaded browser),
 # and tests/js runs on node. As root, install what is missing; otherwise say what to install

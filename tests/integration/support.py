@@ -178,10 +178,10 @@ def registries_empty(hub: Hub) -> bool:
     return (
         hub.connection_count == 0
         and hub.channel_count == 0
-        and not hub._users
-        and not hub._heartbeats
-        and not hub._expiring
-        and hub._subscribed <= {BROADCAST_CHANNEL}
+        and not hub.registry.users
+        and not hub.lifecycle.heartbeats
+        and not hub.lifecycle.expiring
+        and hub.membership.subscribed <= {BROADCAST_CHANNEL}
     )
 
 

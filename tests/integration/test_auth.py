@@ -29,7 +29,7 @@ from fastapi import Depends, FastAPI, WebSocket
 from websockets.asyncio.client import ClientConnection
 
 from wshub import Hub, mount
-from wshub.ops.logs import REDACTED
+from wshub.core.redaction import REDACTED
 from wshub.server.auth import Identity, JWTAuthenticator
 from wshub.testing import TIME_SCALE, RunningServer, wait_until
 
@@ -414,7 +414,7 @@ async def test_expiry_without_refresh_closes_4001_at_exp(serve: Serve) -> None:
         assert (ws.close_code, ws.close_reason) == (4001, "token expired")
     assert abs(drift) <= 1.5 * TIME_SCALE, drift
     assert hub.stats.auth_failures == 1
-    await wait_until(lambda: hub.connection_count == 0 and not hub._users)
+    await wait_until(lambda: hub.connection_count == 0 and not hub.registry.users)
 
 
 async def test_library_endpoint_connection_expires_too(serve: Serve) -> None:

@@ -237,7 +237,7 @@ async def test_max_connections_per_user_refuses_with_1013(hub_server: HubServer)
     ada[0] = await open_protocol(server, token("ada"))
     for ws in [*ada, bob]:
         await ws.close()
-    await wait_until(lambda: hub.connection_count == 0 and not hub._users)
+    await wait_until(lambda: hub.connection_count == 0 and not hub.registry.users)
 
 
 # -- subscriptions and message size -----------------------------------------------------------

@@ -92,7 +92,12 @@ def free_port() -> int:
 @contextmanager
 def wshub_serve(app: str, port: int, **env: str) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``wshub serve app --port port`` as a subprocess; kill it if the test leaves it up."""
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("WSHUB_")}
+    # WSHUB_TRANSPORT_FAST_PATH passes through, so `make test-asgi` covers these servers too.
+    inherited = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("WSHUB_") or k == "WSHUB_TRANSPORT_FAST_PATH"
+    }
     environment = {**inherited, "WSHUB_LOG_LEVEL": "warning", **env}
     process = subprocess.Popen(
         [str(WSHUB), "serve", app, "--port", str(port)],

@@ -19,19 +19,21 @@ import wshub
 
 PACKAGE = Path(wshub.__file__).parent
 
-#: The Sans-I/O core: bytes in, frames out, no event loop, no web framework, no socket.
-PURE_MODULES = [
-    "wshub.core.protocol",
-    "wshub.core.codecs",
-    "wshub.core.sendqueue",
-    "wshub.core.channels",
-    "wshub.core.errors",
-    "wshub.core.types",
-]
-#: Top-level packages the pure core must not import, directly or through other wshub modules.
+#: Top-level packages the Sans-I/O core must not import, directly or through other modules.
 IO_PACKAGES = {"asyncio", "anyio", "socket", "starlette", "fastapi", "uvicorn", "websockets"}
-#: What a broker must never import: the layers above it.
-ABOVE_BROKERS = {"wshub.hub", "wshub.server", "wshub.ops", "wshub.client"}
+
+#: For each layer, the wshub layers it must never reach. Arrows point down or into core:
+#: core <- brokers <- hub <- server; ops read the hub; the client speaks only the wire.
+FORBIDDEN = {
+    "wshub.core": {
+        "wshub.brokers", "wshub.hub", "wshub.server", "wshub.ops", "wshub.client",
+        "wshub.settings", "wshub.cli",
+    },
+    "wshub.brokers": {"wshub.hub", "wshub.server", "wshub.ops", "wshub.client", "wshub.cli"},
+    "wshub.hub": {"wshub.server", "wshub.ops", "wshub.client", "wshub.cli", "wshub.demo"},
+    "wshub.ops": {"wshub.server", "wshub.client", "wshub.cli", "wshub.demo"},
+    "wshub.client": {"wshub.server", "wshub.hub", "wshub.ops", "wshub.brokers", "wshub.cli"},
+}  # fmt: skip
 
 
 def module_path(name: str) -> Path:
@@ -110,22 +112,67 @@ def test_the_graph_sees_known_edges() -> None:
     assert "wshub.core" in reachable("wshub.core.codecs")  # parent package of core.types
     assert "asyncio" in reachable("wshub.hub.connection")
     assert "wshub.brokers.base" in imports_of("wshub.brokers")
+    assert "wshub.hub.facade" in reachable("wshub.server.endpoint")
 
 
-@pytest.mark.parametrize("name", PURE_MODULES)
-def test_pure_core_does_no_io(name: str) -> None:
-    """protocol, codecs, sendqueue, channels and errors reach neither asyncio nor the web stack."""
+def layer_of(name: str) -> str | None:
+    """The layer (a key of `FORBIDDEN`) that module ``name`` belongs to, if any."""
+    return next(
+        (layer for layer in FORBIDDEN if name.startswith(layer + ".") or name == layer), None
+    )
+
+
+def in_layer(name: str, layer: str) -> bool:
+    """Whether module ``name`` is ``layer`` itself or inside it."""
+    return name == layer or name.startswith(layer + ".")
+
+
+def test_every_module_sits_in_a_known_place() -> None:
+    """Each module is in a layer folder or is one of the few top-level ones."""
+    top_level = {"wshub", "wshub.cli", "wshub.settings", "wshub.testing", "wshub.publisher"}
+    loose = [
+        m
+        for m in all_modules()
+        if layer_of(m) is None
+        and m not in top_level
+        and not m.startswith(("wshub.server", "wshub.demo", "wshub.bench"))
+    ]
+    assert not loose, f"modules outside the layer folders: {loose}"
+
+
+@pytest.mark.parametrize("name", [m for m in all_modules() if in_layer(m, "wshub.core")])
+def test_core_does_no_io(name: str) -> None:
+    """The core (protocol, codecs, send queue, types) reaches neither asyncio nor the web stack."""
     offending = {m for m in reachable(name) if m.split(".")[0] in IO_PACKAGES}
     assert not offending, f"{name} imports {sorted(offending)}"
 
 
-@pytest.mark.parametrize(
-    "name", [m for m in all_modules() if m == "wshub.brokers" or m.startswith("wshub.brokers.")]
-)
-def test_brokers_never_import_the_layers_above(name: str) -> None:
-    """A broker knows the hub only through BrokerEvents: no hub, connection or endpoint."""
-    offending = reachable(name) & ABOVE_BROKERS
-    assert not offending, f"{name} imports {sorted(offending)}"
+@pytest.mark.parametrize("name", [m for m in all_modules() if layer_of(m) is not None])
+def test_no_arrow_points_up(name: str) -> None:
+    """core -> nothing above; brokers -> no hub; hub -> no endpoint, auth scheme or CLI; ..."""
+    layer = layer_of(name)
+    assert layer is not None
+    offending = {m for m in reachable(name) for up in FORBIDDEN[layer] if in_layer(m, up)}
+    assert not offending, f"{name} ({layer}) imports {sorted(offending)}"
+
+
+def test_no_import_cycles() -> None:
+    """No module of wshub imports itself through others (``TYPE_CHECKING`` imports count)."""
+    modules = set(all_modules()) - {"wshub"}
+    graph = {m: {i for i in imports_of(m) if i in modules and i != m} for m in modules}
+    cycles = []
+    for start in sorted(graph):
+        # A path from one of start's imports back to start is a cycle through start.
+        seen, todo = set(), [(i, (start, i)) for i in graph[start]]
+        while todo:
+            node, path = todo.pop()
+            if node == start:
+                cycles.append(" -> ".join(path))
+                break
+            if node not in seen:
+                seen.add(node)
+                todo.extend((n, (*path, n)) for n in graph[node])
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
 
 
 def test_import_wshub_needs_no_redis() -> None:

@@ -8,7 +8,8 @@ import sys
 import orjson
 import pytest
 
-from wshub.ops.logs import REDACTED, JsonFormatter, logging_config
+from wshub.core.redaction import REDACTED
+from wshub.ops.logs import JsonFormatter, logging_config
 
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhZGEifQ.c2lnbmF0dXJl"
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from wshub.ops.logs import REDACTED, RedactingFilter, install_redaction
+from wshub.core.redaction import REDACTED, RedactingFilter, install_redaction
 
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhZGEifQ.c2lnbmF0dXJl"
 

@@ -2,8 +2,10 @@
 
 It also keeps channel histories (`RedisHistory`, streams) and presence
 (`RedisPresence`, hashes with expiries) in Redis, shared by every process. The
-engine is split by what each part holds: this module the connections and their
-supervision, `redis_connections` the URL and how connections are opened,
+engine is split by what each part holds: this module the command surface,
+`redis_session` the subscriber connection, its reader and its supervision
+(reconnects, backoff, state), `redis_probe` the liveness probe,
+`redis_connections` the URL and how connections are opened,
 `redis_subscriptions` the subscriber's channel set, `redis_wire` the
 payload format, `redis_history`/`redis_presence` the keys, `redis_scripts` the Lua.
 
@@ -47,18 +49,10 @@ Contract, on top of the ones in `wshub.brokers.base`, `wshub.history` and
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import math
-import random
-import secrets
-import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Final, TypeVar
+from typing import TypeVar
 
 from redis.asyncio import Redis
-from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -76,43 +70,27 @@ from wshub.brokers.redis_connections import (
     SCHEMES,
     check_url,
     new_pool,
-    new_subscriber,
     redis_location,
 )
 from wshub.brokers.redis_history import RedisHistory
 from wshub.brokers.redis_presence import RedisPresence
-from wshub.brokers.redis_subscriptions import CHUNK, Subscriptions, settle, stop_tasks, wait_batch
-from wshub.brokers.redis_wire import decode_payload, encode_payload
+from wshub.brokers.redis_probe import PROBE_INFIX, LivenessProbe
+from wshub.brokers.redis_session import SubscriberSession
+from wshub.brokers.redis_subscriptions import Subscriptions, wait_batch
+from wshub.brokers.redis_wire import encode_payload
 from wshub.core.errors import BrokerUnavailable
 
 __all__ = ["PROBE_INFIX", "SCHEMES", "RedisBroker", "check_url", "redis_location"]
 
-logger = logging.getLogger(__name__)
-
 _T = TypeVar("_T")
-
-#: Between the prefix and the process id in the name of a broker's probe channel.
-PROBE_INFIX: Final = "__probe__:"
-# Messages handled between yields of the reader: a burst buffered from Redis is read
-# without ever suspending, and the writers must run before the send queues fill (4008).
-_YIELD_EVERY = 100
-
-
-class _ProbeFailed(Exception):
-    """The subscriber connection did not echo a probe in time: it is deaf or gone."""
 
 
 class RedisBroker(Broker, History, Presence):
     """Carries publications through Redis pub/sub; keeps history and presence in Redis.
 
-    See the module docstring for the contract and docs/redis.md for the keys.
-
-    Attributes:
-        reconnects: how many times the subscriber connection came back after an
-            outage (a Redis that was down at start counts as an outage).
-        probe_failures: liveness probes that got no echo in time.
-        invalid_payloads: received payloads dropped for being neither JSON nor an
-            envelope.
+    See the module docstring for the contract and docs/redis.md for the keys. This
+    class is the command surface; the subscriber connection and its supervision are a
+    `SubscriberSession`, the liveness probe a `LivenessProbe`.
     """
 
     def __init__(
@@ -147,29 +125,56 @@ class RedisBroker(Broker, History, Presence):
         self._url = url
         self._where = redis_location(url)
         self._prefix = prefix
-        self._prefix_len = len(prefix.encode())
-        self._probe_channel = f"{prefix}{PROBE_INFIX}{secrets.token_hex(8)}"
-        self._probe_name = self._probe_channel.encode()
-        self._probe_interval = probe_interval
-        self._probe_timeout = probe_timeout if probe_timeout is not None else timeout
-        self._reconnect_base = reconnect_base
-        self._reconnect_cap = reconnect_cap
         self._timeout = timeout
         self._max_connections = max_connections
-        self.reconnects = 0
-        self.probe_failures = 0
-        self.invalid_payloads = 0
-        self._events: BrokerEvents | None = None
         self._client: Redis | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._settled = asyncio.Event()  # the first connection attempt has an outcome
-        self._probe_now = asyncio.Event()  # a publish failed: probe without waiting
-        self._outage_since: float | None = None
-        self._echoes: dict[bytes, asyncio.Future[None]] = {}  # tokens sent to the probe channel
-        self._warned: set[str] = set()  # channels whose invalid payloads were logged
-        self._subs = Subscriptions(prefix, self._probe_channel)
+        self._probe = LivenessProbe(
+            prefix,
+            interval=probe_interval,
+            timeout=probe_timeout if probe_timeout is not None else timeout,
+        )
+        self._subs = Subscriptions(prefix, self._probe.channel)
+        self._session = SubscriberSession(
+            url,
+            where=self._where,
+            prefix=prefix,
+            subscriptions=self._subs,
+            probe=self._probe,
+            timeout=timeout,
+            reconnect_base=reconnect_base,
+            reconnect_cap=reconnect_cap,
+        )
         self._history_store = RedisHistory(prefix)
         self._presence_store = RedisPresence(prefix)
+
+    # The session reports the connection state, so the broker's state is the session's;
+    # a property with a setter, since `Broker` declares ``state`` a writable attribute.
+    @property
+    def state(self) -> BrokerState:
+        """The connection state, as reported through ``on_state``."""
+        return self._session.state
+
+    @state.setter
+    def state(self, state: BrokerState) -> None:
+        self._session.state = state
+
+    @property
+    def reconnects(self) -> int:
+        """How many times the subscriber connection came back after an outage.
+
+        A Redis that was down at start counts as an outage.
+        """
+        return self._session.reconnects
+
+    @property
+    def probe_failures(self) -> int:
+        """Liveness probes that got no echo in time."""
+        return self._probe.failures
+
+    @property
+    def invalid_payloads(self) -> int:
+        """Received payloads dropped for being neither JSON nor an envelope."""
+        return self._session.invalid_payloads
 
     @property
     def channels(self) -> frozenset[str]:
@@ -179,7 +184,7 @@ class RedisBroker(Broker, History, Presence):
     @property
     def probe_channel(self) -> str:
         """This broker's probe channel, as named in Redis."""
-        return self._probe_channel
+        return self._probe.channel
 
     # -- the Broker interface -------------------------------------------------------
 
@@ -192,30 +197,21 @@ class RedisBroker(Broker, History, Presence):
         Raises:
             RuntimeError: the broker was started or closed before.
         """
-        if self._task is not None or self.state is BrokerState.CLOSED:
+        if self._session.started or self.state is BrokerState.CLOSED:
             raise RuntimeError("RedisBroker.start() may be called once")
-        self._events = events
         self._client = new_pool(
             self._url, timeout=self._timeout, max_connections=self._max_connections
         )
-        self._task = asyncio.create_task(self._run(), name="wshub-redis-broker")
-        # A healthy Redis is CONNECTED when start returns; a refused connection settles
-        # at once, a black-holed host after `timeout`. Either way we never raise.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(2 * self._timeout + 1):
-                await self._settled.wait()
+        await self._session.start(events, self._client)
 
     async def close(self) -> None:
         """Stop the reader and the probe, close every connection. Idempotent."""
         if self.state is BrokerState.CLOSED:
             return
-        self.state = BrokerState.CLOSED
-        task, self._task = self._task, None
-        await stop_tasks(task)
+        await self._session.close()
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
-        self._events = None
 
     async def subscribe(self, channels: Sequence[str]) -> None:
         """Add ``channels`` to the desired set; while connected, wait until Redis confirms.
@@ -233,7 +229,7 @@ class RedisBroker(Broker, History, Presence):
             channels: channel names without the prefix.
         """
         self._subs.desired.difference_update(channels)
-        self._warned.difference_update(channels)
+        self._session.forget_warnings(channels)
         await wait_batch(self._subs.request(channels))
 
     async def publish(
@@ -284,7 +280,7 @@ class RedisBroker(Broker, History, Presence):
 
         While this process is subscribed to ``channel``, the read returns only once
         every publication up to the page's position has reached ``on_publication``:
-        one echo through the probe channel (see `_echo`) after the read.
+        one echo through the probe channel (see `LivenessProbe.echo`) after the read.
 
         Args:
             channel: the channel name without the prefix.
@@ -365,7 +361,7 @@ class RedisBroker(Broker, History, Presence):
                 `RedisTimeoutError`, so that the subscriber gets probed at once).
         """
         try:
-            await self._echo(client, self._timeout)
+            await self._probe.echo(client, self._timeout)
         except TimeoutError as exc:
             raise RedisTimeoutError("the subscriber connection did not catch up") from exc
 
@@ -392,196 +388,7 @@ class RedisBroker(Broker, History, Presence):
             return await call(client)
         except RedisError as exc:
             if isinstance(exc, RedisConnectionError | RedisTimeoutError):
-                self._probe_now.set()  # the subscriber may be just as dead: check it now
+                self._probe.request()  # the subscriber may be just as dead: check it now
             raise BrokerUnavailable(
                 f"could not {action} through Redis at {self._where}: {exc}"
             ) from exc
-
-    # -- the supervisor: sessions, outages, backoff -------------------------------------
-
-    async def _run(self) -> None:
-        """Keep a subscriber session alive: connect, serve, back off, repeat; until cancelled."""
-        attempt = 0
-        while True:
-            try:
-                await self._session()
-            except Exception as exc:  # any failure of a session means: reconnect
-                attempt = 0 if self.state is BrokerState.CONNECTED else attempt + 1
-                self._on_lost(exc)
-            await asyncio.sleep(self._backoff(attempt))
-
-    def _backoff(self, attempt: int) -> float:
-        # Full jitter: restarted fleets spread their reconnects instead of stampeding.
-        bound = min(self._reconnect_cap, self._reconnect_base * 2 ** min(attempt, 30))
-        return random.uniform(0, bound)
-
-    async def _session(self) -> None:
-        """Run one subscriber connection until it fails; always raises."""
-        conn = new_subscriber(self._url, timeout=self._timeout)
-        reader = keeper = None
-        try:
-            await conn.connect()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
-            self._subs.attach(conn)
-            reader = asyncio.create_task(self._read(conn), name="wshub-redis-reader")
-            keeper = asyncio.create_task(self._keep(), name="wshub-redis-keeper")
-            done, _ = await asyncio.wait((reader, keeper), return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                task.result()
-            raise RedisConnectionError("subscriber session ended")  # pragma: no cover
-        finally:
-            with contextlib.suppress(Exception):
-                await conn.disconnect(nowait=True)
-            await self._subs.detach()
-            await stop_tasks(reader, keeper)
-
-    async def _keep(self) -> None:
-        """Resubscribe everything, report CONNECTED, then probe the subscriber until it fails."""
-        batch = self._subs.request(())
-        async with asyncio.timeout(self._timeout * (1 + len(self._subs.desired) // CHUNK)):
-            await wait_batch(batch)
-        if self._outage_since is not None and self._client is not None:
-            # Idle publishing connections may be as deaf as the old subscriber was.
-            await self._client.connection_pool.disconnect(inuse_connections=False)
-        self._on_connected()
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._probe_interval):
-                    await self._probe_now.wait()
-            self._probe_now.clear()
-            await self._probe()
-
-    async def _probe(self) -> None:
-        """Check that the subscriber connection still hears what is published."""
-        assert self._client is not None
-        try:
-            await self._echo(self._client, self._probe_timeout)
-        except (TimeoutError, RedisError) as exc:
-            self.probe_failures += 1
-            reason = str(exc) or "no echo"
-            raise _ProbeFailed(
-                f"liveness probe failed within {self._probe_timeout:g}s: {reason}"
-            ) from exc
-
-    async def _echo(self, client: Redis, within: float) -> None:
-        """Publish a token on the probe channel and wait until the subscriber reads it back.
-
-        Redis sends one connection's pub/sub messages in the order it executed the
-        publishes, so once the token is back, everything published before it on this
-        process's channels has been handed to ``on_publication``.
-
-        Args:
-            client: the connection pool to publish through.
-            within: seconds the round trip may take.
-
-        Raises:
-            TimeoutError: no echo in time (the subscriber is deaf, slow, or gone).
-            RedisError: the publish failed.
-        """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
-        token = secrets.token_hex(8).encode()
-        waiter = self._echoes[token] = loop.create_future()
-        try:
-            async with asyncio.timeout_at(deadline):
-                await client.publish(self._probe_channel, token)
-            # On Python 3.11, asyncio.wait_for inside redis-py can swallow the
-            # cancellation a timeout (or close()) sends: the publish then returns as if
-            # nothing happened. So the wait for the echo keeps its own deadline.
-            done, _ = await asyncio.wait((waiter,), timeout=max(0.0, deadline - loop.time()))
-            if not done:
-                raise TimeoutError("no echo")
-        finally:
-            del self._echoes[token]
-
-    def _on_connected(self) -> None:
-        if self._outage_since is not None:
-            self.reconnects += 1
-            logger.info(
-                "Redis broker reconnected to %s after %.1fs; resubscribed %d channels",
-                self._where,
-                time.monotonic() - self._outage_since,
-                len(self._subs.desired),
-            )
-            self._outage_since = None
-        self._set_state(BrokerState.CONNECTED)
-        self._settled.set()
-
-    def _on_lost(self, exc: Exception) -> None:
-        """Record a failed session: one warning per outage, debug lines for each retry."""
-        expected = isinstance(exc, RedisError | OSError | TimeoutError | _ProbeFailed)
-        if self._outage_since is not None:
-            logger.debug("Redis broker: reconnecting to %s failed: %s", self._where, exc)
-        elif expected:
-            logger.warning(
-                "Redis broker lost its connection to %s (%s); publishes fail until it is "
-                "back, reconnecting with backoff",
-                self._where,
-                exc,
-            )
-        else:
-            logger.error("Redis broker: unexpected error, reconnecting", exc_info=exc)
-        if self._outage_since is None:
-            self._outage_since = time.monotonic()
-        self._set_state(BrokerState.DISCONNECTED)
-        self._settled.set()
-
-    def _set_state(self, state: BrokerState) -> None:
-        if self.state is state or self.state is BrokerState.CLOSED:
-            return
-        self.state = state
-        if self._events is not None:
-            try:
-                self._events.on_state(state)
-            except Exception:
-                logger.exception("BrokerEvents.on_state(%s) raised", state)
-
-    # -- the reader ---------------------------------------------------------------------
-
-    async def _read(self, conn: AbstractConnection) -> None:
-        """Consume the subscriber connection in order until it fails; always raises."""
-        read = conn.read_response
-        count = 0
-        while True:
-            reply = await read(timeout=math.inf, disconnect_on_error=False)
-            kind = reply[0]
-            if kind == b"message":
-                self._on_message(reply[1], reply[2])
-                count += 1
-                if count % _YIELD_EVERY == 0:
-                    # Reading a buffered burst never suspends: let the writers send.
-                    await asyncio.sleep(0)
-            elif kind == b"subscribe" or kind == b"unsubscribe":
-                self._subs.on_ack()
-
-    def _on_message(self, name: bytes, payload: bytes) -> None:
-        if name == self._probe_name:
-            waiter = self._echoes.get(payload)
-            if waiter is not None:
-                settle(waiter)
-            return
-        channel = name[self._prefix_len :].decode()
-        if channel not in self._subs.desired:
-            return  # still in flight when the hub unsubscribed: nobody local wants it
-        publication = decode_payload(payload)
-        if publication is None:
-            self._reject(channel, payload)
-            return
-        events = self._events
-        if events is None:
-            return
-        try:
-            events.on_publication(channel, publication)
-        except Exception:
-            logger.exception("BrokerEvents.on_publication(%r) raised", channel)
-
-    def _reject(self, channel: str, payload: bytes) -> None:
-        self.invalid_payloads += 1
-        if channel in self._warned:
-            return
-        self._warned.add(channel)
-        logger.warning(
-            "Redis broker dropped a payload on channel %r: neither JSON nor a wshub "
-            "envelope (starts %r); further ones on this channel are only counted",
-            channel,
-            payload[:40],
-        )

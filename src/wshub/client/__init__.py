@@ -1,8 +1,7 @@
 """The Python client of wire protocol v1 (docs/protocol.md); see `wshub.client.session`."""
 
-from wshub.client.session import (
-    ChannelPositions,
-    Client,
+from wshub.client.frames import split_frames, token_expiry
+from wshub.client.models import (
     ClientError,
     ClientState,
     HistoryPage,
@@ -10,12 +9,10 @@ from wshub.client.session import (
     PresenceEvent,
     Recovery,
     StateChange,
-    Subscription,
-    backoff_delay,
-    reconnect_policy,
-    split_frames,
-    token_expiry,
 )
+from wshub.client.reconnect import backoff_delay, reconnect_policy
+from wshub.client.session import Client
+from wshub.client.subscriptions import ChannelPositions, Subscription
 
 __all__ = [
     "ChannelPositions",

@@ -14,21 +14,30 @@ handshake) stays with the server. On any other server, or when the setting
 ``transport_fast_path`` is off, `FastPath.find` returns None and the writer
 uses plain ASGI sends.
 
-Known server: uvicorn's ``websockets-sansio`` implementation (its default).
+Known server: uvicorn's ``websockets-sansio`` implementation (its default). The fast
+path uses private attributes of its protocol object; `find` checks once per connection
+that each of them is there with the type it expects (`_problem`), and otherwise falls
+back to plain ASGI, saying so once per process in the ``wshub.transport`` log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import importlib.util
+import logging
 import struct
 from collections.abc import Callable
 from typing import Any
 
 from websockets.protocol import State
 
+log = logging.getLogger("wshub.transport")
+
 OP_TEXT = 0x1
 OP_BINARY = 0x2
 _MAX_DEPTH = 6  # ASGI middlewares wrap `send` in closures; never walk far
+_fallback_logged = False  # the fallback to plain ASGI is logged once per process
 
 
 def frame_header(length: int, opcode: int) -> bytes:
@@ -70,10 +79,17 @@ class FastPath:
         """Find the server's protocol object behind an ASGI ``send`` callable.
 
         Returns:
-            A fast path, or None when ``send`` does not lead to a known protocol.
+            A fast path, or None (plain ASGI) when ``send`` does not lead to a known
+            protocol, or leads to one without the attributes the fast path uses.
         """
         protocol = _find_protocol(send, _MAX_DEPTH)
-        return None if protocol is None else cls(protocol)
+        if protocol is None:
+            return None
+        problem = _problem(protocol)
+        if problem is not None:
+            _fall_back(f"{type(protocol).__qualname__}.{problem}")
+            return None
+        return cls(protocol)
 
     def open(self) -> bool:
         """Whether data frames may still be written (open both ways, no close sent)."""
@@ -125,10 +141,59 @@ def _find_protocol(send: object, depth: int) -> Any:
 
 
 def _is_known(owner: object) -> bool:
+    known = _known_class()
+    return known is not None and isinstance(owner, known)
+
+
+@functools.cache
+def _known_class() -> type | None:
+    """uvicorn's sans-I/O protocol class; None when it is not there (looked up once)."""
     try:
         from uvicorn.protocols.websockets.websockets_sansio_impl import (
             WebSocketsSansIOProtocol,
         )
-    except ImportError:  # pragma: no cover - uvicorn without websockets
-        return False
-    return isinstance(owner, WebSocketsSansIOProtocol)
+    except ImportError:  # uvicorn without websockets, or the class renamed or moved
+        if importlib.util.find_spec("uvicorn") is not None:
+            _fall_back("uvicorn's WebSocketsSansIOProtocol is not found")
+        return None
+    return WebSocketsSansIOProtocol if isinstance(WebSocketsSansIOProtocol, type) else None
+
+
+def _problem(protocol: object) -> str | None:
+    """What the fast path needs and ``protocol`` lacks (``"conn.state is missing"``), or None.
+
+    Checked once per connection, when the fast path is attached; `FastPath` then uses
+    exactly these attributes.
+    """
+    transport = getattr(protocol, "transport", None)
+    if transport is None:
+        return "transport is missing"
+    for method in ("write", "is_closing"):
+        # uvloop's transports are not asyncio.Transport instances: check what is used.
+        if not callable(getattr(transport, method, None)):
+            return f"transport ({type(transport).__qualname__}) has no {method}()"
+    conn = getattr(protocol, "conn", None)
+    if conn is None:
+        return "conn is missing"
+    expected: list[tuple[str, object, type]] = [
+        ("conn.state", getattr(conn, "state", None), State),
+        ("writable", getattr(protocol, "writable", None), asyncio.Event),
+        ("close_sent", getattr(protocol, "close_sent", None), bool),
+        ("disconnected", getattr(protocol, "disconnected", None), bool),
+    ]
+    for name, value, kind in expected:
+        if value is None:
+            return f"{name} is missing"
+        if not isinstance(value, kind):
+            return f"{name} is a {type(value).__qualname__}, not a {kind.__qualname__}"
+    return None
+
+
+def _fall_back(what: str) -> None:
+    global _fallback_logged
+    if not _fallback_logged:
+        _fallback_logged = True
+        log.info(
+            "transport fast path off: %s (another uvicorn version?); the plain ASGI path is used",
+            what,
+        )

@@ -1,147 +1,19 @@
-"""Logging helpers: keep secrets out of every log line.
+"""Log formats: `JsonFormatter` and `logging_config`, the configuration `wshub serve`
+runs uvicorn with (``WSHUB_LOG_FORMAT=text|json``), redaction included.
 
-uvicorn logs each WebSocket handshake with its path *and query string* on the
-``uvicorn.error`` logger (``"WebSocket /ws?token=... [accepted]"``), not only on
-the access log, so redaction must sit on both, and on wshub's own loggers.
-
-Also: the connection lines (one per connect and per disconnect, on the
-``wshub.connections`` logger), `JsonFormatter` and `logging_config`, the
-configuration `wshub serve` runs uvicorn with (``WSHUB_LOG_FORMAT=text|json``).
+Redaction itself lives in `wshub.core.redaction`, the connection lines in
+`wshub.hub.connection_log`; both are re-exported here for the log configuration.
 """
 
 from __future__ import annotations
 
 import datetime
 import logging
-import re
-import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
-from starlette.requests import HTTPConnection
 
-if TYPE_CHECKING:
-    from wshub.hub.connection import Connection
-
-#: Query parameters whose values never reach a log line.
-SECRET_PARAMS = ("token", "access_token", "jwt", "api_key", "apikey")
-REDACTED = "[redacted]"
-_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "wshub")
-
-
-class RedactingFilter(logging.Filter):
-    """Replace secret query-parameter values and Bearer/apikey credentials with ``[redacted]``.
-
-    Args:
-        params: query parameter names to redact, in addition to `SECRET_PARAMS`.
-    """
-
-    def __init__(self, params: Iterable[str] = ()) -> None:
-        super().__init__()
-        names = "|".join(re.escape(p) for p in {*SECRET_PARAMS, *params})
-        self._query = re.compile(rf"([?&](?:{names})=)[^&\s\"']*", re.IGNORECASE)
-        self._header = re.compile(r"\b(bearer|apikey)\s+[^\s\"',]+", re.IGNORECASE)
-
-    def redact(self, text: str) -> str:
-        """Return ``text`` with secrets replaced."""
-        text = self._query.sub(rf"\g<1>{REDACTED}", text)
-        return self._header.sub(rf"\g<1> {REDACTED}", text)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        # Redact the arguments one by one rather than the formatted message: uvicorn's
-        # access formatter unpacks record.args and would break on a pre-formatted line.
-        if isinstance(record.msg, str):
-            record.msg = self.redact(record.msg)
-        if isinstance(record.args, tuple):
-            record.args = tuple(self.redact(a) if isinstance(a, str) else a for a in record.args)
-        elif isinstance(record.args, dict):
-            record.args = {
-                k: self.redact(v) if isinstance(v, str) else v for k, v in record.args.items()
-            }
-        return True
-
-
-def install_redaction(params: Iterable[str] = ()) -> None:
-    """Add a `RedactingFilter` to uvicorn's and wshub's loggers (once per logger)."""
-    # A logger's filters don't run for records of its children, so every wshub.*
-    # logger (modules create theirs at import) gets one of its own.
-    children = [n for n in logging.root.manager.loggerDict if n.startswith("wshub.")]
-    for name in (*_LOGGERS, *children):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, RedactingFilter) for f in logger.filters):
-            logger.addFilter(RedactingFilter(params))
-
-
-# -- connection lines ------------------------------------------------------------------------
-
-#: The logger of the one-line-per-connect and per-disconnect records (level INFO).
-CONNECTIONS = logging.getLogger("wshub.connections")
-
-
-def remote_address(websocket: HTTPConnection) -> str:
-    """``host:port`` of the peer as the ASGI server reports it, or ``-``."""
-    client = websocket.client
-    return "-" if client is None else f"{client.host}:{client.port}"
-
-
-def log_connected(conn: Connection) -> None:
-    """Log that ``conn`` was accepted and registered: id, user, remote address."""
-    remote = remote_address(conn.websocket)
-    CONNECTIONS.info(
-        "connect id=%s user=%s remote=%s",
-        conn.id,
-        conn.user or "-",
-        remote,
-        extra={"event": "connect", "connection": conn.id, "user": conn.user, "remote": remote},
-    )
-
-
-def log_identified(conn: Connection) -> None:
-    """Log that ``conn``, connected already, authenticated with its first frame."""
-    CONNECTIONS.info(
-        "identified id=%s user=%s",
-        conn.id,
-        conn.user or "-",
-        extra={"event": "identified", "connection": conn.id, "user": conn.user},
-    )
-
-
-def log_disconnected(conn: Connection) -> None:
-    """Log that ``conn`` ended: id, user, remote address, duration, close code and reason."""
-    remote = remote_address(conn.websocket)
-    duration = round(time.time() - conn.connected_at, 3)
-    CONNECTIONS.info(
-        "disconnect id=%s user=%s remote=%s duration=%.3fs code=%s reason=%r",
-        conn.id,
-        conn.user or "-",
-        remote,
-        duration,
-        conn.close_code,
-        conn.close_reason,
-        extra={
-            "event": "disconnect",
-            "connection": conn.id,
-            "user": conn.user,
-            "remote": remote,
-            "duration": duration,
-            "close_code": conn.close_code,
-            "close_reason": conn.close_reason,
-        },
-    )
-
-
-def log_refused(websocket: HTTPConnection, code: int, reason: str) -> None:
-    """Log a handshake refused before any connection existed (bad credentials)."""
-    remote = remote_address(websocket)
-    CONNECTIONS.info(
-        "refused remote=%s code=%s reason=%r",
-        remote,
-        code,
-        reason,
-        extra={"event": "refused", "remote": remote, "close_code": code, "close_reason": reason},
-    )
-
+from wshub.core.redaction import RedactingFilter
 
 # -- formats ---------------------------------------------------------------------------------
 
@@ -247,7 +119,7 @@ def logging_config(log_format: str = "text", level: str = "info") -> dict[str, A
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"redact": {"()": "wshub.ops.logs.RedactingFilter"}},
+        "filters": {"redact": {"()": "wshub.core.redaction.RedactingFilter"}},
         "formatters": formatters,
         "handlers": handlers,
         "loggers": {

@@ -1,4 +1,8 @@
-"""Authentication: who a connection belongs to, decided at the handshake or by the first frame.
+"""JWT authentication, and the settings that turn it on.
+
+The scheme-free parts (`Identity`, `Authenticator`, the 4001 refusal) live in
+`wshub.hub.identity` and are re-exported here; importing this module makes
+`authenticator_from_settings` the default of every `Hub` built without ``auth=``.
 
 An `Authenticator` turns a token into an `Identity` (or raises `AuthError`) and
 knows where a handshake carries tokens: the ``Authorization: Bearer`` header, a
@@ -13,101 +17,33 @@ can tell "bad token" (do not retry with it) from "network down" (retry).
 
 from __future__ import annotations
 
-import abc
-import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import jwt
-from starlette.exceptions import WebSocketException
-from starlette.websockets import WebSocket, WebSocketState
 
-from wshub.core.errors import CloseCode, WshubError
-from wshub.core.protocol import truncate_reason
+from wshub.hub.identity import (
+    ANONYMOUS,
+    Authenticator,
+    AuthError,
+    Identity,
+    reject,
+    set_default_authenticator,
+    websocket_identity,
+)
 from wshub.settings import Settings
 
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Identity:
-    """Who a connection belongs to.
-
-    Attributes:
-        user: the user id, or None for an anonymous connection.
-        expires_at: Unix time when the credentials expire (the connection then
-            closes with 4001 unless refreshed), or None.
-        info: public information about the user, shown to others in presence.
-    """
-
-    user: str | None = None
-    expires_at: float | None = None
-    info: dict[str, Any] | None = None
-
-
-ANONYMOUS = Identity()
-
-
-class AuthError(WshubError):
-    """Credentials missing, invalid or expired; the connection closes with 4001.
-
-    Attributes:
-        reason: a short explanation, sent as the close reason (never the token).
-    """
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class Authenticator(abc.ABC):
-    """Verifies tokens and finds them in a WebSocket handshake.
-
-    Args:
-        allow_anonymous: let connections without any token in as anonymous.
-        cookie_name: the cookie that may carry the token.
-        query_param: the query parameter that may carry the token.
-    """
-
-    def __init__(
-        self,
-        *,
-        allow_anonymous: bool = False,
-        cookie_name: str = "wshub_token",
-        query_param: str = "token",
-    ) -> None:
-        self.allow_anonymous = allow_anonymous
-        self.cookie_name = cookie_name
-        self.query_param = query_param
-
-    @abc.abstractmethod
-    async def verify(self, token: str) -> Identity:
-        """Check a token and return whom it identifies.
-
-        Raises:
-            AuthError: the token is invalid, expired or not yet valid.
-        """
-
-    def handshake_token(self, websocket: WebSocket) -> str | None:
-        """Return the token the handshake carries, if any (header, cookie, then query)."""
-        scheme, _, credentials = websocket.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and credentials.strip():
-            return credentials.strip()
-        return websocket.cookies.get(self.cookie_name) or (
-            websocket.query_params.get(self.query_param) or None
-        )
-
-    async def __call__(self, websocket: WebSocket) -> Identity | None:
-        """Authenticate a handshake.
-
-        Returns:
-            The identity, or None when the handshake carries no token (the caller
-            then waits for a ``connect`` frame, or lets it in as anonymous).
-
-        Raises:
-            AuthError: a token was present and is not valid.
-        """
-        token = self.handshake_token(websocket)
-        return None if token is None else await self.verify(token)
+__all__ = [
+    "ANONYMOUS",
+    "AuthError",
+    "Authenticator",
+    "Identity",
+    "JWTAuthenticator",
+    "authenticator_from_settings",
+    "reject",
+    "websocket_identity",
+]
 
 
 _HMAC = frozenset({"HS256", "HS384", "HS512"})
@@ -201,47 +137,6 @@ class JWTAuthenticator(Authenticator):
         )
 
 
-async def reject(websocket: WebSocket, code: int, reason: str) -> WebSocketException:
-    """Accept (if needed) and build the exception that closes with ``code``.
-
-    Raise the result from an endpoint or dependency: Starlette's exception handler
-    then sends the close frame, and the endpoint's own code never runs.
-    """
-    if websocket.client_state is WebSocketState.CONNECTING:
-        await websocket.accept()
-    return WebSocketException(code=code, reason=truncate_reason(reason))
-
-
-def websocket_identity(
-    authenticator: Authenticator,
-) -> Callable[[WebSocket], Any]:
-    """Build a FastAPI dependency that authenticates a library-mode WebSocket endpoint.
-
-    On failure the socket is accepted and closed with 4001 and a reason before the
-    endpoint runs. Without a token, the connection is anonymous only when the
-    authenticator allows it.
-
-    Example::
-
-        @app.websocket("/ws/chat")
-        async def chat(ws: WebSocket, who: Identity = Depends(websocket_identity(auth))):
-            async with hub.connect(ws, identity=who) as conn: ...
-    """
-
-    async def dependency(websocket: WebSocket) -> Identity:
-        try:
-            identity = await authenticator(websocket)
-        except AuthError as exc:
-            raise await reject(websocket, CloseCode.UNAUTHORIZED, exc.reason) from None
-        if identity is not None:
-            return identity
-        if authenticator.allow_anonymous:
-            return ANONYMOUS
-        raise await reject(websocket, CloseCode.UNAUTHORIZED, "missing token")
-
-    return dependency
-
-
 def authenticator_from_settings(settings: Settings) -> Authenticator | None:
     """Build the JWT authenticator the settings describe, or None when they set no key."""
     common: dict[str, Any] = {
@@ -260,3 +155,6 @@ def authenticator_from_settings(settings: Settings) -> Authenticator | None:
         secret = settings.jwt_secret.get_secret_value()
         return JWTAuthenticator(secret, algorithms=algorithms or ("HS256",), **common)
     return None
+
+
+set_default_authenticator(authenticator_from_settings)

@@ -35,9 +35,10 @@ from wshub.core.protocol import (
     reply,
     welcome,
 )
-from wshub.hub.connection import Connection, ConnectionState, Message
+from wshub.hub.connection import Connection, ConnectionState
+from wshub.hub.connection_log import log_identified, log_refused
 from wshub.hub.facade import Hub
-from wshub.ops.logs import log_identified, log_refused
+from wshub.hub.reader import Message
 from wshub.server.auth import ANONYMOUS, AuthError, Identity
 
 logger = logging.getLogger("wshub.endpoint")

@@ -1,0 +1,399 @@
+"""Subscription bookkeeping: positions per channel, `Subscription`, and the channel registry.
+
+Subscriptions survive reconnects: each channel is resubscribed with ``since`` and
+``epoch``, recovered messages are delivered before live ones, and duplicates are
+dropped by offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
+
+from websockets.asyncio.client import ClientConnection
+
+from wshub.client.models import (
+    ClientError,
+    ClientState,
+    Message,
+    MessageHandler,
+    PresenceEvent,
+    PresenceHandler,
+    Recovery,
+    RecoveryHandler,
+    run_callback,
+)
+from wshub.client.reconnect import backoff_delay
+
+logger = logging.getLogger("wshub.client")
+
+SendRequest = Callable[
+    [ClientConnection, dict[str, Any], Callable[[dict[str, Any]], None] | None],
+    Awaitable[dict[str, Any]],
+]
+
+
+@dataclasses.dataclass
+class _Position:
+    offset: int | None
+    epoch: str
+
+
+class ChannelPositions:
+    """The last offset delivered per channel and its epoch: dedupe and resubscribe fields."""
+
+    def __init__(self) -> None:
+        self.positions: dict[str, _Position] = {}
+
+    def set(self, channel: str, offset: int, epoch: str = "") -> None:
+        """Start ``channel`` at ``offset`` (a subscribe with ``since``)."""
+        self.positions[channel] = _Position(offset, epoch)
+
+    def discard(self, channel: str) -> None:
+        """Forget ``channel``."""
+        self.positions.pop(channel, None)
+
+    def resubscribe_fields(self, channel: str) -> dict[str, Any]:
+        """``since`` and ``epoch`` for a resubscribe; empty before a position is known."""
+        p = self.positions.get(channel)
+        if p is None or p.offset is None:
+            return {}
+        return {"since": p.offset, "epoch": p.epoch} if p.epoch else {"since": p.offset}
+
+    def accept(self, channel: str, offset: int | None) -> bool:
+        """Whether a message at ``offset`` is new (then it becomes the position)."""
+        if offset is None:
+            return True
+        p = self.positions.get(channel)
+        if p is None:
+            self.positions[channel] = _Position(offset, "")
+            return True
+        if p.offset is not None and offset <= p.offset:
+            return False
+        p.offset = offset
+        return True
+
+    def needs_epoch(self, channel: str) -> bool:
+        """Messages arrived but the epoch is unknown (the channel was empty when joined)."""
+        p = self.positions.get(channel)
+        return p is not None and not p.epoch and (p.offset or 0) > 0
+
+    def learn_epoch(self, channel: str, position: dict[str, Any]) -> None:
+        """Take the epoch of a position read after the messages delivered so far."""
+        p = self.positions.get(channel)
+        epoch, offset = position.get("epoch"), position.get("offset")
+        if p and not p.epoch and epoch and isinstance(offset, int) and offset >= (p.offset or 0):
+            p.epoch = epoch
+
+    def apply_subscribe(
+        self, channel: str, result: dict[str, Any], asked: bool
+    ) -> tuple[list[dict[str, Any]], bool | None]:
+        """Apply a subscribe reply.
+
+        Returns:
+            The recovered messages still to deliver (new ones, in order), and whether
+            recovery succeeded (None when it was not asked for).
+        """
+        offset = result.get("offset")
+        if not isinstance(offset, int):
+            self.positions.pop(channel, None)  # no history: nothing to track
+            return [], bool(result.get("recovered")) if asked else None
+        epoch = result.get("epoch") or ""
+        if asked and result.get("recovered"):
+            items = result.get("messages") or []
+            fresh = [m for m in items if self.accept(channel, m.get("offset"))]
+            p = self.positions.setdefault(channel, _Position(0, epoch))
+            p.offset, p.epoch = max(p.offset or 0, offset), epoch
+            return fresh, True
+        self.positions[channel] = _Position(offset, epoch)
+        return [], False if asked else None
+
+
+class SubscriptionHost(Protocol):
+    """The client members that `Subscription` and `ChannelRegistry` use."""
+
+    @property
+    def positions(self) -> ChannelPositions: ...
+    @property
+    def state(self) -> ClientState: ...
+    @property
+    def on_message(self) -> MessageHandler | None: ...
+    @property
+    def backoff_base(self) -> float: ...
+    @property
+    def backoff_cap(self) -> float: ...
+    async def request(self, frame: dict[str, Any]) -> dict[str, Any]: ...
+    async def _unsubscribe(self, sub: Subscription) -> None: ...
+
+
+class Subscription:
+    """One subscription; iterate it for messages when no ``on_message`` was given."""
+
+    def __init__(
+        self,
+        client: SubscriptionHost,
+        channel: str,
+        on_message: MessageHandler | None,
+        on_join: PresenceHandler | None,
+        on_leave: PresenceHandler | None,
+        on_recover: RecoveryHandler | None,
+    ) -> None:
+        self.client = client
+        self.channel = channel
+        self.on_message, self.on_join, self.on_leave = on_message, on_join, on_leave
+        self.on_recover = on_recover
+        self.active = True
+        self.result: dict[str, Any] | None = None
+        self.ready: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._queue: asyncio.Queue[Message | None] | None = None
+        if on_message is None:
+            self._queue = asyncio.Queue()
+
+    async def unsubscribe(self) -> None:
+        """Leave the channel (on the wire once its last subscription leaves)."""
+        await self.client._unsubscribe(self)
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self
+
+    async def __anext__(self) -> Message:
+        if self._queue is None:
+            raise TypeError("a subscription with on_message is not iterable")
+        message = await self._queue.get()
+        if message is None:
+            raise StopAsyncIteration
+        return message
+
+    def _deliver(self, message: Message) -> None:
+        if self._queue is not None:
+            self._queue.put_nowait(message)
+        else:
+            run_callback(self.on_message, message)
+
+    def _stop_iteration(self) -> None:
+        if self._queue is not None:
+            self._queue.put_nowait(None)
+
+    def _end(self) -> None:
+        self.active = False
+        self._stop_iteration()
+        if not self.ready.done():
+            self.ready.set_exception(ClientError("closed", "unsubscribed"))
+            self.ready.exception()  # retrieved: refusals are raised by subscribe()
+
+
+@dataclasses.dataclass(eq=False)
+class _Channel:
+    name: str
+    subs: list[Subscription] = dataclasses.field(default_factory=list)
+    sent_on: ClientConnection | None = None
+    result: dict[str, Any] | None = None
+
+
+class ChannelRegistry:
+    """The channels subscribed to, their subscriptions, and what each connection owes them.
+
+    Args:
+        client: read for ``positions``, ``state``, ``on_message`` and the backoff
+            settings; its ``request`` reads epochs.
+        send: sends a request on a given connection and waits for the reply.
+        connection: returns the current connection, None between connections.
+        report: hands an error nobody else sees to ``on_error``.
+        spawn: runs a coroutine as a named background task of the client.
+    """
+
+    def __init__(
+        self,
+        client: SubscriptionHost,
+        *,
+        send: SendRequest,
+        connection: Callable[[], ClientConnection | None],
+        report: Callable[[ClientError], None],
+        spawn: Callable[[Awaitable[Any], str], None],
+    ) -> None:
+        self._client = client
+        self._send, self._connection = send, connection
+        self._report, self._spawn = report, spawn
+        self._channels: dict[str, _Channel] = {}
+        self._epoch_reads: set[str] = set()
+
+    def __contains__(self, channel: object) -> bool:
+        """Whether ``channel`` has subscriptions (a refused one is dropped)."""
+        return channel in self._channels
+
+    def _connected(self) -> ClientConnection | None:
+        ws = self._connection()
+        return ws if ws is not None and self._client.state is ClientState.CONNECTED else None
+
+    async def add(self, sub: Subscription, since: int | None, epoch: str | None) -> None:
+        """Register ``sub``; its channel is subscribed on the wire if it is new and connected.
+
+        Args:
+            since, epoch: where a new channel starts (ignored if the channel is known).
+        """
+        entry = self._channels.get(sub.channel)
+        if entry is None:
+            entry = self._channels[sub.channel] = _Channel(sub.channel)
+            if since is not None:
+                self._client.positions.set(sub.channel, since, epoch or "")
+        entry.subs.append(sub)
+        if entry.result is not None:
+            self._subscribed(sub, entry.result)
+        elif (ws := self._connected()) is not None:
+            await self._send_subscribe(ws, entry)
+
+    async def unsubscribe(self, sub: Subscription) -> None:
+        """End ``sub``; the channel is left on the wire once its last subscription leaves."""
+        entry = self._channels.get(sub.channel)
+        sub._end()
+        if entry is None or sub not in entry.subs:
+            return
+        entry.subs.remove(sub)
+        if entry.subs:
+            return
+        del self._channels[sub.channel]
+        self._client.positions.discard(sub.channel)
+        ws = self._connected()
+        if ws is not None:
+            with contextlib.suppress(ClientError):
+                await self._send(ws, {"op": "unsubscribe", "channel": sub.channel}, None)
+
+    async def resubscribe(self, ws: ClientConnection) -> None:
+        """Subscribe every channel on a new connection, asking for what was missed."""
+        for entry in list(self._channels.values()):
+            await self._send_subscribe(ws, entry)
+
+    def detach(self) -> None:
+        """The connection ended: every channel is owed a subscribe on the next one."""
+        self._epoch_reads.clear()
+        for entry in self._channels.values():
+            entry.sent_on = None
+
+    def stop_iterators(self) -> None:
+        """The client closed: end the iteration of every subscription without a callback."""
+        for channel in self._channels.values():
+            for sub in channel.subs:
+                sub._stop_iteration()
+
+    def on_message(self, frame: dict[str, Any]) -> None:
+        """Deliver a ``message`` frame, unless it duplicates a recovered message."""
+        channel = frame.get("channel")
+        if not isinstance(channel, str):
+            return
+        positions = self._client.positions
+        entry = self._channels.get(channel)
+        offset = frame.get("offset")
+        if entry is not None and not positions.accept(
+            channel, offset if isinstance(offset, int) else None
+        ):
+            return  # a duplicate of a recovered message
+        message = Message.from_frame(frame)
+        run_callback(self._client.on_message, message)
+        if entry is not None:
+            for sub in list(entry.subs):
+                sub._deliver(message)
+            if positions.needs_epoch(channel):
+                self._read_epoch(channel)
+
+    def on_presence(self, frame: dict[str, Any]) -> None:
+        """Hand a ``join`` or ``leave`` frame to the channel's subscriptions."""
+        entry = self._channels.get(str(frame.get("channel")))
+        if entry is None:
+            return
+        event = PresenceEvent(
+            str(frame["op"]), entry.name, str(frame.get("client")), frame.get("user")
+        )
+        for sub in list(entry.subs):
+            run_callback(sub.on_join if event.op == "join" else sub.on_leave, event)
+
+    async def _send_subscribe(self, ws: ClientConnection, entry: _Channel) -> None:
+        if entry.sent_on is ws:
+            return
+        entry.sent_on = ws
+        fields = self._client.positions.resubscribe_fields(entry.name)
+        asked = "since" in fields
+        frame = {"op": "subscribe", "channel": entry.name, **fields}
+
+        def applied(result: dict[str, Any]) -> None:
+            if self._channels.get(entry.name) is entry:
+                self._on_subscribe_result(entry, result, asked)
+
+        task = asyncio.ensure_future(self._send(ws, frame, applied))
+        task.add_done_callback(lambda done: self._on_subscribe_done(ws, entry, done))
+        await asyncio.sleep(0)  # let the frame go out before the next one
+
+    def _on_subscribe_done(
+        self, ws: ClientConnection, entry: _Channel, done: asyncio.Future[dict[str, Any]]
+    ) -> None:
+        error = done.exception() if not done.cancelled() else None
+        if not isinstance(error, ClientError) or self._channels.get(entry.name) is not entry:
+            return
+        if error.code in ("disconnected", "closed"):
+            return  # resubscribed on the next connection
+        if error.code in ("timeout", "unavailable", "internal", "rate_limited"):
+            delay = backoff_delay(2, self._client.backoff_base, self._client.backoff_cap)
+
+            def retry() -> None:
+                if self._connection() is ws and entry.sent_on is ws:
+                    entry.sent_on = None
+                    self._spawn(self._send_subscribe(ws, entry), "subscribe")
+
+            asyncio.get_running_loop().call_later(delay, retry)
+        else:
+            del self._channels[entry.name]  # refused: never asked again
+            self._client.positions.discard(entry.name)
+        for sub in entry.subs:
+            if not sub.ready.done():
+                sub.ready.set_exception(error)
+                sub.ready.exception()  # retrieved: subscribe() raises it to its caller
+        self._report(error)
+
+    def _on_subscribe_result(self, entry: _Channel, result: dict[str, Any], asked: bool) -> None:
+        positions = self._client.positions
+        messages, recovered = positions.apply_subscribe(entry.name, result, asked)
+        entry.result = result
+        for item in messages:
+            message = Message.from_frame(item, recovered=True)
+            run_callback(self._client.on_message, message)
+            for sub in list(entry.subs):
+                sub._deliver(message)
+        for sub in list(entry.subs):
+            self._subscribed(sub, result)
+        if recovered is not None:
+            offset, epoch = result.get("offset"), result.get("epoch")
+            recovery = Recovery(entry.name, recovered, len(messages), offset, epoch)
+            if not recovered:
+                logger.info("wshub client: %s could not be recovered", entry.name)
+            for sub in list(entry.subs):
+                run_callback(sub.on_recover, recovery)
+        if positions.needs_epoch(entry.name):
+            self._read_epoch(entry.name)
+
+    @staticmethod
+    def _subscribed(sub: Subscription, result: dict[str, Any]) -> None:
+        sub.result = result
+        if not sub.ready.done():
+            sub.ready.set_result(result)
+
+    def _read_epoch(self, channel: str) -> None:
+        """The channel was empty when joined: read its epoch so that recovery can work."""
+        if channel in self._epoch_reads or self._client.state is not ClientState.CONNECTED:
+            return
+        self._epoch_reads.add(channel)
+
+        async def read() -> None:
+            try:
+                self._client.positions.learn_epoch(
+                    channel,
+                    await self._client.request({"op": "history", "channel": channel, "limit": 0}),
+                )
+            except ClientError:
+                pass
+            finally:
+                self._epoch_reads.discard(channel)
+
+        self._spawn(read(), "epoch")
