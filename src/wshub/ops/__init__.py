@@ -1,1 +1,3 @@
-"""ops"""
+"""Operations, beside the hub and reading it: Prometheus metrics, the HTTP API, the
+AsyncAPI document and the log formats.
+"""
