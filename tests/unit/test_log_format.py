@@ -8,7 +8,7 @@ import sys
 import orjson
 import pytest
 
-from wshub.core.redaction import REDACTED
+from wshub.core.redaction import REDACTED, RedactingFilter
 from wshub.ops.logs import JsonFormatter, logging_config
 
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhZGEifQ.c2lnbmF0dXJl"
@@ -64,3 +64,43 @@ def test_unknown_log_format_is_refused() -> None:
     """Only text and json exist."""
     with pytest.raises(ValueError):
         logging_config("xml")
+
+
+def test_json_formatter_alone_redacts_header_lines_and_nested_values() -> None:
+    """Without the filter in front: the formatted message, nested extras, bytes, objects."""
+
+    class Opaque:
+        def __str__(self) -> str:
+            return f"Opaque(token={TOKEN})"
+
+    rec = record("< %s: %s", ("cookie", f"wshub_token={TOKEN}"), name="uvicorn.error")
+    rec.scope = {"query_string": b"tok%65n=" + TOKEN.encode(), "headers": [(b"cookie", b"a=b")]}
+    rec.thing = Opaque()
+    text = JsonFormatter().format(rec)
+    assert TOKEN not in text, text
+    line = orjson.loads(text)
+    assert line["message"] == f"< cookie: wshub_token={REDACTED}"
+    assert line["thing"].startswith(f"Opaque(token={REDACTED}")
+
+
+def test_json_formatter_keeps_access_fields_after_the_filter() -> None:
+    """The filter in front (as `logging_config` puts it) keeps uvicorn's access args usable."""
+    args = ("127.0.0.1:5000", "GET", f"/x?tok%65n={TOKEN}", "1.1", 200)
+    rec = record('%s - "%s %s HTTP/%s" %d', args, name="uvicorn.access")
+    RedactingFilter().filter(rec)
+    line = orjson.loads(JsonFormatter().format(rec))
+    assert (line["path"], line["status"]) == (f"/x?tok%65n={REDACTED}", 200)
+    assert TOKEN not in line["message"]
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_logging_config_routes_websockets_and_trace_through_redaction(log_format: str) -> None:
+    """websockets' loggers get a redacting handler; uvicorn.asgi propagates to uvicorn's."""
+    config = logging_config(log_format, "trace")
+    loggers, handlers = config["loggers"], config["handlers"]
+    assert loggers["wshub"]["level"] == "TRACE" == logging.getLevelName(5)
+    assert loggers["websockets"]["propagate"] is False
+    for name in ("uvicorn", "uvicorn.access", "wshub", "websockets"):
+        for handler in loggers[name].get("handlers", []):
+            assert handlers[handler]["filters"] == ["redact"]
+    assert "uvicorn.asgi" not in loggers  # a child of "uvicorn": its default handler

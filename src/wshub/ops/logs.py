@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 import orjson
+from uvicorn.logging import TRACE_LOG_LEVEL
 
 from wshub.core.redaction import RedactingFilter
 
@@ -59,27 +60,34 @@ class JsonFormatter(logging.Formatter):
         args = record.args
         if record.name == "uvicorn.access" and isinstance(args, tuple) and len(args) == 5:
             entry.update(zip(_ACCESS_FIELDS, args, strict=True))
-        if record.exc_info:
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        elif record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        # Redact field by field: on the serialized line an escaped quote would be eaten.
-        redact = self._redactor.redact
+        if record.stack_info:
+            entry["stack"] = record.stack_info
+        # Redact field by field (nested values and bytes too): on the serialized line an
+        # escaped quote would be eaten. Objects orjson can't encode go through str, redacted.
+        scrub, redact = self._redactor.scrub, self._redactor.redact
         for key, value in entry.items():
-            if isinstance(value, str):
-                entry[key] = redact(value)
-        return orjson.dumps(entry, default=str).decode()
+            entry[key] = scrub(value)
+        return orjson.dumps(entry, default=lambda value: redact(str(value))).decode()
 
 
 def logging_config(log_format: str = "text", level: str = "info") -> dict[str, Any]:
     """Build a `logging.config.dictConfig` configuration for uvicorn's and wshub's loggers.
 
     Text is uvicorn's usual format (wshub's lines carry their logger name); ``json``
-    writes one `JsonFormatter` object per line. Every handler redacts secrets.
+    writes one `JsonFormatter` object per line. Every handler redacts secrets, and
+    every logger that can log a handshake has one: uvicorn's (``uvicorn.asgi``'s
+    trace dumps included, through ``uvicorn``), websockets' and wshub's.
     `wshub serve` passes this to uvicorn as its ``log_config``; pass it yourself when
     you run uvicorn another way.
 
     Args:
         log_format: ``text`` or ``json``.
-        level: the level of wshub's loggers (uvicorn's follow uvicorn's ``log_level``).
+        level: the level of wshub's and websockets' loggers (uvicorn's follow uvicorn's
+            ``log_level``); ``trace`` is uvicorn's level 5, below debug.
 
     Returns:
         The configuration dictionary.
@@ -89,6 +97,9 @@ def logging_config(log_format: str = "text", level: str = "info") -> dict[str, A
     """
     if log_format not in ("text", "json"):
         raise ValueError(f"unknown log format {log_format!r}: use text or json")
+    # uvicorn names its trace level when it configures logging; a config applied
+    # another way may come first.
+    logging.addLevelName(TRACE_LOG_LEVEL, "TRACE")
     formatters: dict[str, dict[str, Any]] = {
         "default": {"()": "uvicorn.logging.DefaultFormatter", "fmt": "%(levelprefix)s %(message)s"},
         "access": {
@@ -127,5 +138,8 @@ def logging_config(log_format: str = "text", level: str = "info") -> dict[str, A
             "uvicorn.error": {"level": "INFO"},
             "uvicorn.access": {"handlers": ["access"], "level": "INFO", "propagate": False},
             "wshub": {"handlers": ["wshub"], "level": level.upper(), "propagate": False},
+            # uvicorn hands its own logger to websockets; a websockets client or another
+            # server implementation logs here, headers included at debug level.
+            "websockets": {"handlers": ["wshub"], "level": level.upper(), "propagate": False},
         },
     }
