@@ -34,6 +34,11 @@ class Settings(BaseSettings):
         ws_ping_interval, ws_ping_timeout: WebSocket protocol pings sent by the server
             (uvicorn), the liveness check of library-mode endpoints.
         max_subscriptions: channels one connection may be subscribed to at once.
+        publish_pipeline_depth: publishes of one connection in flight at once; the
+            connection's next frames wait beyond it (1: each publish answered in turn).
+        history_max_memory: memory broker: bytes all channel histories of the process
+            may hold (0: unbounded); past it the least recently published channels
+            lose their oldest publications first.
         presence_ttl: seconds a presence entry outlives its process (entries are
             refreshed every third of it; a killed worker's entries vanish after it).
         max_inbound_messages, max_inbound_bytes: library mode: messages (and their bytes)
@@ -42,6 +47,9 @@ class Settings(BaseSettings):
         close_timeout: seconds a close may take (queue flush included) before the
             connection is dropped without one.
         shutdown_timeout: seconds graceful shutdown waits for queues to drain.
+        handshake_timeout: seconds `wshub serve` gives a new connection (and each next
+            request on a kept-alive one) to complete its request line and headers; then
+            the connection is closed.
         per_message_deflate: WebSocket compression; off by default (memory per connection,
             compression bombs, secrets leaking through compressed sizes).
         transport_fast_path: under uvicorn's sans-I/O WebSocket implementation, write
@@ -63,6 +71,10 @@ class Settings(BaseSettings):
         rate_limit_strikes: refused frames after which the client is closed with 4029.
         max_connections: connections per process; more are closed with 1013.
         max_connections_per_user: connections per user per process; more get 1013.
+        max_unauthenticated: protocol-endpoint connections per process still waiting
+            for their ``connect`` frame (no handshake token); they do not count against
+            ``max_connections``. One more closes the oldest of them with 1013. Default
+            (None): ``min(1000, max_connections)``.
         api_key: the key of the HTTP server API (``Authorization: apikey <key>``);
             without one the API is not mounted (its paths answer 404).
         log_format: ``text`` or ``json`` (one JSON object per line), applied by `wshub serve`.
@@ -92,11 +104,14 @@ class Settings(BaseSettings):
     ws_ping_timeout: float = Field(default=20.0, gt=0)
 
     max_subscriptions: int = Field(default=128, ge=1)
+    publish_pipeline_depth: int = Field(default=16, ge=1)
+    history_max_memory: int = Field(default=64 * MIB, ge=0)
     presence_ttl: float = Field(default=30.0, gt=0)
     max_inbound_messages: int = Field(default=256, ge=1)
     max_inbound_bytes: int = Field(default=1 * MIB, ge=1)
     close_timeout: float = Field(default=5.0, gt=0)
     shutdown_timeout: float = Field(default=10.0, gt=0)
+    handshake_timeout: float = Field(default=10.0, gt=0)
     per_message_deflate: bool = False
     transport_fast_path: bool = True
 
@@ -116,10 +131,17 @@ class Settings(BaseSettings):
     rate_limit_strikes: int = Field(default=50, ge=1)
     max_connections: int = Field(default=10_000, ge=1)
     max_connections_per_user: int = Field(default=100, ge=1)
+    max_unauthenticated: int | None = Field(default=None, ge=1)
 
     api_key: SecretStr | None = None
     log_format: Literal["text", "json"] = "text"
     metrics_interval: float = Field(default=1.0, gt=0)
+
+    def unauthenticated_limit(self) -> int:
+        """``max_unauthenticated``, or its default ``min(1000, max_connections)``."""
+        if self.max_unauthenticated is not None:
+            return self.max_unauthenticated
+        return min(1000, self.max_connections)
 
     def origins(self) -> list[str]:
         """The allowed origins as a list."""

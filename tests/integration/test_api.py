@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import jwt
+import psutil
 import pytest
 import redis.asyncio
 from fastapi import FastAPI
 
 from tests.redis_support import RedisServer
 from wshub import Hub, mount
+from wshub.core.channels import MAX_CHANNEL_LENGTH
 from wshub.hub.permissions import Namespace
-from wshub.ops.api import add_api
+from wshub.ops.api import ENVELOPE_BYTES, MAX_BROADCAST_CHANNELS, add_api, max_body_size
+from wshub.settings import Settings
 from wshub.testing import TIME_SCALE, RunningServer, wait_until
 
 from .processes import NO_RATE_LIMIT, hub_env, hub_processes, numsub, stop
@@ -307,3 +315,217 @@ async def test_api_reaches_clients_on_two_worker_processes(
         await wait_until(lambda: not any(client.open_still for client in clients), 10)
         assert {close_code(client.ws) for client in clients} == {4003}
         assert await stop(hub) == 0, hub.log()
+
+
+# -- the key and the size, before the body ----------------------------------------------
+
+MIB = 1024 * 1024
+
+
+class PeakRSS:
+    """The highest resident set size of this process (where the test server runs), sampled."""
+
+    def __init__(self) -> None:
+        self.process = psutil.Process()
+        self.start = self.peak = self.process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.start
+
+
+class Body:
+    """A streamed body of ``size`` bytes in 64 KiB chunks, counting what the client sent."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.sent = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        chunk = b"x" * (64 * 1024)
+        while self.sent < self.size:
+            piece = chunk[: self.size - self.sent]
+            self.sent += len(piece)
+            yield piece
+
+
+async def raw_exchange(
+    server: RunningServer, head: bytes, body: bytes = b""
+) -> tuple[int, dict[str, str], Any]:
+    """Send a request head (and the start of a body), NOT the rest; read the response."""
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(head + body)
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5 * TIME_SCALE)
+        status_line, *lines = raw.decode().split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines if x)}
+        content = await reader.readexactly(int(headers["content-length"]))
+        return int(status_line.split()[1]), headers, json.loads(content)
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+def request_head(*headers: str) -> bytes:
+    """A POST /api/publish head with ``headers`` (``"Name: value"``)."""
+    lines = ["POST /api/publish HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json"]
+    return ("\r\n".join([*lines, *headers]) + "\r\n\r\n").encode()
+
+
+def chunked(data: bytes) -> bytes:
+    """``data`` as one HTTP/1.1 chunk (no last chunk: more could follow)."""
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+def publish_body(size: int) -> bytes:
+    """A valid publish body of exactly ``size`` bytes."""
+    empty = len(b'{"channel":"news","data":""}')
+    return b'{"channel":"news","data":"' + b"x" * (size - empty) + b'"}'
+
+
+@pytest.fixture
+def limit(api_server: RunningServer) -> int:
+    """The API's body limit on `api_server` (default ``max_message_size``)."""
+    return max_body_size(Settings())
+
+
+@pytest.mark.parametrize("framing", ["Content-Length: 314572800", "Transfer-Encoding: chunked"])
+@pytest.mark.parametrize("authorization", [None, "Authorization: apikey wrong"])
+async def test_a_request_without_the_key_gets_401_before_its_body_is_sent(
+    api_server: RunningServer, framing: str, authorization: str | None
+) -> None:
+    """A 300 MB body announced without the key: 401 comes while none of it was sent."""
+    head = request_head(framing, *([authorization] if authorization else []))
+    started = time.monotonic()
+    status, headers, body = await raw_exchange(api_server, head)
+    assert time.monotonic() - started < 2 * TIME_SCALE
+    assert status == 401
+    assert headers["www-authenticate"] == "apikey"
+    assert body["detail"]["code"] == "unauthorized"
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+async def test_a_large_streamed_body_without_the_key_is_never_buffered(
+    http: httpx.AsyncClient, declared: bool
+) -> None:
+    """50 MB streamed without the key: 401, and the server's memory barely moves."""
+    body = Body(50 * MIB)
+    headers = {"Content-Length": str(body.size)} if declared else {}
+    with PeakRSS() as rss:
+        started = time.monotonic()
+        response = await http.post("/api/publish", content=body, headers=headers)
+        elapsed = time.monotonic() - started
+    assert response.status_code == 401, response.text
+    assert response.json()["detail"]["code"] == "unauthorized"
+    assert elapsed < 5 * TIME_SCALE
+    # httpx sends everything before it reads; uvicorn discards it without keeping it.
+    assert rss.growth < 10 * MIB, f"peak RSS grew by {rss.growth / MIB:.1f} MiB"
+
+
+async def test_a_content_length_over_the_limit_gets_413_before_the_body_is_sent(
+    api_server: RunningServer, limit: int
+) -> None:
+    """With the key, a declared length one byte over the limit: 413 at once."""
+    head = request_head(f"Content-Length: {limit + 1}", f"Authorization: apikey {KEY}")
+    status, _, body = await raw_exchange(api_server, head)
+    assert status == 413
+    assert body["detail"]["code"] == "too_large"
+
+
+async def test_a_chunked_body_gets_413_as_soon_as_it_passes_the_limit(
+    api_server: RunningServer, limit: int
+) -> None:
+    """With the key, chunks one byte past the limit (and no end): 413 while streaming."""
+    head = request_head("Transfer-Encoding: chunked", f"Authorization: apikey {KEY}")
+    prefix = publish_body(limit)[:-2]
+    pieces = [prefix[i : i + 65536] for i in range(0, len(prefix), 65536)] + [b"xxx"]
+    status, _, body = await raw_exchange(api_server, head, b"".join(map(chunked, pieces)))
+    assert status == 413
+    assert body["detail"]["code"] == "too_large"
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+async def test_a_streamed_body_over_the_limit_gets_413(
+    http: httpx.AsyncClient, declared: bool
+) -> None:
+    """With the key, 50 MB streamed: 413, without the server buffering it."""
+    body = Body(50 * MIB)
+    headers = {**GOOD, **({"Content-Length": str(body.size)} if declared else {})}
+    with PeakRSS() as rss:
+        response = await http.post("/api/publish", content=body, headers=headers)
+    assert response.status_code == 413, response.text
+    assert response.json()["detail"]["code"] == "too_large"
+    assert rss.growth < 10 * MIB, f"peak RSS grew by {rss.growth / MIB:.1f} MiB"
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+async def test_a_body_at_the_limit_is_published_and_one_byte_more_is_not(
+    api_server: RunningServer, http: httpx.AsyncClient, limit: int, declared: bool
+) -> None:
+    """Exactly ``max_message_size`` + the envelope allowance: 200; one byte more: 413."""
+    async with closing(await open_clients([user_url(api_server, "viewer")], "news")) as clients:
+        for size, status in ((limit, 200), (limit + 1, 413)):
+            data = publish_body(size)
+            content: Any = data if declared else _stream(data)
+            headers = {**GOOD, "Content-Type": "application/json"}
+            response = await http.post("/api/publish", content=content, headers=headers)
+            assert response.status_code == status, response.text
+        await wait_received(clients, "news", 1)
+    assert len(clients[0].received["news"][0]) == limit - len(b'{"channel":"news","data":""}')
+
+
+async def _stream(data: bytes) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), 65536):
+        yield data[i : i + 65536]
+
+
+async def test_the_limit_follows_max_message_size() -> None:
+    """The body limit is ``max_message_size`` plus an allowance for channel names."""
+    assert max_body_size(Settings(max_message_size=1000)) == 1000 + ENVELOPE_BYTES
+    # A broadcast to the most channels, with the longest names, fits the allowance.
+    body = {"channels": ["c" * MAX_CHANNEL_LENGTH] * MAX_BROADCAST_CHANNELS, "data": ""}
+    assert len(json.dumps(body).encode()) < ENVELOPE_BYTES
+
+
+async def test_a_refused_body_that_never_ends_is_dropped_after_the_handshake_timeout(
+    serve: Callable[..., RunningServer],
+) -> None:
+    """After an early 401, uvicorn discards the body; a client that stalls is closed."""
+    app, hub = api_app(api_key=KEY, handshake_timeout=1.0)
+    server = serve(app, settings=hub.settings)
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(request_head("Content-Length: 314572800") + b"x" * 100_000)
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5 * TIME_SCALE)
+        assert head.startswith(b"HTTP/1.1 401 ")
+        started = time.monotonic()
+        for _ in range(5):  # keeps sending for a while, then stalls
+            writer.write(b"x" * 100_000)
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        with contextlib.suppress(ConnectionError):
+            while await asyncio.wait_for(reader.read(65536), 3 * TIME_SCALE):
+                pass
+        assert time.monotonic() - started < 1.0 + 2 * TIME_SCALE
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()

@@ -13,9 +13,16 @@ Routes under ``/api`` (see `add_api`), each guarded by the API key of the
 
 Without a key configured the routes are not mounted at all (404, and absent from
 the OpenAPI document): the API is off, never open. A missing or wrong key gets
-401; a bad body 422 with FastAPI's usual ``detail``; a refused request 400/403;
+401; a body larger than `max_body_size` (``max_message_size`` plus `ENVELOPE_BYTES`)
+413; a bad body 422 with FastAPI's usual ``detail``; a refused request 400/403;
 a broker that is down 503. Errors other than 422 have the body
 ``{"detail": {"code": <wire error code>, "message": ...}}``.
+
+The key and the size are checked before a byte of the body is read (`GuardedRoute`):
+FastAPI reads and parses a route's body before it runs the route's dependencies, so a
+dependency alone would let anyone without the key make the server buffer any amount.
+The refusal goes out before the body has been sent; uvicorn discards what follows
+without keeping it, for at most ``handshake_timeout`` under `wshub serve`.
 """
 
 from __future__ import annotations
@@ -23,17 +30,21 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, Field, field_validator
+from starlette.types import Message as ASGIMessage
+from starlette.types import Receive
 
 from wshub.core.channels import CHANNEL_CHARS, MAX_CHANNEL_LENGTH
 from wshub.core.errors import BrokerUnavailable, CloseCode, ErrorCode, ProtocolError, PublishError
 from wshub.core.protocol import MAX_REASON_BYTES, publication_object
 from wshub.hub.facade import Hub, sendable_close_code
+from wshub.settings import Settings
 
 logger = logging.getLogger("wshub.api")
 
@@ -41,6 +52,9 @@ logger = logging.getLogger("wshub.api")
 SCHEME = "apikey"
 CHANNEL_PATTERN = f"^[{CHANNEL_CHARS}]{{1,{MAX_CHANNEL_LENGTH}}}$"
 MAX_BROADCAST_CHANNELS = 1000
+#: What a body may hold besides ``data``: the keys and up to `MAX_BROADCAST_CHANNELS`
+#: channel names of `MAX_CHANNEL_LENGTH` characters (twice that: JSON may escape "/").
+ENVELOPE_BYTES = MAX_BROADCAST_CHANNELS * (2 * MAX_CHANNEL_LENGTH + 4) + 4096
 
 Channel = Annotated[
     str, Field(pattern=CHANNEL_PATTERN, description="a channel name", examples=["chat:lobby"])
@@ -177,10 +191,28 @@ def _error(status: int, code: ErrorCode, message: str) -> HTTPException:
     return HTTPException(status, {"code": code.value, "message": message}, headers=headers)
 
 
+def _key_matcher(key: str) -> Callable[[str | None], bool]:
+    """Whether an ``Authorization`` value is ``apikey <key>`` (constant-time comparison)."""
+    expected = key.encode()
+
+    def matches(authorization: str | None) -> bool:
+        scheme, _, given = (authorization or "").partition(" ")
+        return scheme.lower() == SCHEME and hmac.compare_digest(given.strip().encode(), expected)
+
+    return matches
+
+
+def _unauthorized() -> HTTPException:
+    return _error(401, ErrorCode.UNAUTHORIZED, "missing or wrong API key")
+
+
 def key_checker(key: str) -> Any:
     """Build the dependency that admits requests carrying ``Authorization: apikey <key>``.
 
-    The comparison takes the same time wherever the given key differs.
+    The comparison takes the same time wherever the given key differs. FastAPI runs
+    dependencies after it has read the body: the API's routes check the key before
+    that (`GuardedRoute`); this dependency documents the scheme in OpenAPI and checks
+    again.
 
     Args:
         key: the API key.
@@ -188,14 +220,77 @@ def key_checker(key: str) -> Any:
     Returns:
         A FastAPI dependency raising 401 for a missing or wrong key.
     """
-    expected = key.encode()
+    matches = _key_matcher(key)
 
     async def check(authorization: Annotated[str | None, Depends(_header)]) -> None:
-        scheme, _, given = (authorization or "").partition(" ")
-        if scheme.lower() != SCHEME or not hmac.compare_digest(given.strip().encode(), expected):
-            raise _error(401, ErrorCode.UNAUTHORIZED, "missing or wrong API key")
+        if not matches(authorization):
+            raise _unauthorized()
 
     return check
+
+
+def max_body_size(settings: Settings) -> int:
+    """The largest request body the API reads: ``max_message_size`` + `ENVELOPE_BYTES`."""
+    return settings.max_message_size + ENVELOPE_BYTES
+
+
+def _limited(receive: Receive, limit: int) -> Receive:
+    """``receive`` that raises 413 as soon as the body's bytes so far exceed ``limit``."""
+    received = 0
+
+    async def receive_within() -> ASGIMessage:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise _too_large(limit)
+        return message
+
+    return receive_within
+
+
+def _too_large(limit: int) -> HTTPException:
+    return _error(413, ErrorCode.TOO_LARGE, f"request body over {limit} bytes")
+
+
+def guarded_route(key: str, limit: int) -> type[APIRoute]:
+    """Build a route class that checks the key and the body size before the body is read.
+
+    A missing or wrong key: 401 without reading the body. A ``Content-Length`` over
+    ``limit``: 413 without reading it. Otherwise the body is read through a counter
+    that refuses with 413 as soon as more than ``limit`` bytes have arrived (uvicorn
+    buffers at most 64 KiB ahead of the app, so no more is held).
+
+    The refusal goes out at once, before the client has sent its body. uvicorn then
+    reads and discards the rest of it (closing instead would reset the connection
+    and destroy the response before most clients read it); `wshub serve` bounds that
+    discarding by ``handshake_timeout`` (`wshub.server.handshake_guard`).
+
+    Args:
+        key: the API key.
+        limit: the largest body, in bytes.
+
+    Returns:
+        An ``APIRoute`` subclass, for ``APIRouter(route_class=...)``.
+    """
+    matches = _key_matcher(key)
+
+    class GuardedRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+
+            async def guarded(request: Request) -> Response:
+                if not matches(request.headers.get("authorization")):
+                    raise _unauthorized()
+                length = request.headers.get("content-length", "")
+                if length.isdigit() and int(length) > limit:
+                    raise _too_large(limit)
+                return await handler(Request(request.scope, _limited(request.receive, limit)))
+
+            return guarded
+
+    return GuardedRoute
 
 
 @contextlib.contextmanager
@@ -217,6 +312,9 @@ def _answers() -> Iterator[None]:
 def api_router(hub: Hub, key: str) -> APIRouter:
     """Build the API's router (without prefix) for ``hub``, guarded by ``key``.
 
+    Its routes check the key, then the body's size (`max_body_size` of the hub's
+    settings), before reading the body (see `guarded_route`).
+
     Args:
         hub: the hub the API acts on.
         key: the API key.
@@ -224,7 +322,11 @@ def api_router(hub: Hub, key: str) -> APIRouter:
     Returns:
         The router; include it with a prefix, as `add_api` does.
     """
-    router = APIRouter(dependencies=[Depends(key_checker(key))], tags=["wshub"])
+    router = APIRouter(
+        dependencies=[Depends(key_checker(key))],
+        tags=["wshub"],
+        route_class=guarded_route(key, max_body_size(hub.settings)),
+    )
 
     @router.post("/publish", response_model=PublishResponse)
     async def publish(body: PublishRequest) -> PublishResponse:

@@ -27,6 +27,7 @@ import uvicorn
 from wshub.hub.facade import running_hubs
 from wshub.ops.logs import logging_config
 from wshub.ops.metrics import multiprocess_directory, worker_exited
+from wshub.server.handshake_guard import HubConfig, guarded_protocol
 from wshub.settings import Settings
 
 DEFAULT_APP = "wshub.demo:app"
@@ -72,13 +73,21 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
     uvloop and httptools for speed; the sans-I/O websockets implementation (wshub
     reads every connection continuously, so its pause-until-receive is harmless);
     the message size limit enforced by the WebSocket layer; compression off unless
-    asked for; protocol pings for library-mode liveness; and a graceful-shutdown
-    timeout so a handler that never returns cannot keep the process alive.
+    asked for; protocol pings for library-mode liveness; a graceful-shutdown
+    timeout so a handler that never returns cannot keep the process alive; and
+    ``handshake_timeout``: a connection whose request headers are not complete in
+    time is closed (uvicorn's ``httptools``/``h11`` protocols are swapped for those
+    of `wshub.server.handshake_guard`, which add that deadline; pass
+    ``handshake_timeout=None`` to turn it off).
 
     Args:
         app: the ASGI app or its import string (``"module:attribute"``).
         settings: wshub settings.
-        **overrides: uvicorn.Config arguments that win over the above.
+        **overrides: uvicorn.Config arguments that win over the above (and
+            ``handshake_timeout``).
+
+    Returns:
+        A `HubConfig` (a ``uvicorn.Config`` with ``handshake_timeout``).
     """
     options: dict[str, Any] = {
         "host": settings.host,
@@ -93,9 +102,11 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
         "timeout_graceful_shutdown": settings.shutdown_timeout + 5,
         "log_level": settings.log_level,
         "lifespan": "on",
+        "handshake_timeout": settings.handshake_timeout,
     }
     options.update(overrides)
-    return uvicorn.Config(app, **options)
+    options["http"] = guarded_protocol(options["http"])
+    return HubConfig(app, **options)
 
 
 def run(app: Any = DEFAULT_APP, settings: Settings | None = None, **overrides: Any) -> None:
