@@ -25,6 +25,13 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from wshub.brokers.redis import check_url, redis_location
+from wshub.brokers.redis_connections import (
+    close_client,
+    close_client_sync,
+    is_sentinel_url,
+    sentinel_client,
+    sentinel_client_sync,
+)
 from wshub.core.channels import is_valid_channel
 from wshub.core.errors import BrokerUnavailable, PublishError
 
@@ -45,7 +52,8 @@ class Publisher:
         """Configure the publisher; nothing connects before the first publish.
 
         Args:
-            url: the hubs' Redis URL (``redis://``, ``rediss://`` or ``unix://``).
+            url: the hubs' Redis URL (``redis://``, ``rediss://``, ``unix://`` or
+                ``redis+sentinel://``, which publishes to the master the sentinels name).
             prefix: the hubs' channel prefix in Redis (`RedisBroker`'s ``prefix``).
             timeout: seconds for connecting and for each publish.
 
@@ -61,6 +69,7 @@ class Publisher:
         check_url(url)
         self._url = url
         self._prefix = prefix
+        self._timeout = timeout
         # No retries: a publish retried after a timeout could be delivered twice.
         self._options: dict[str, Any] = {
             "socket_timeout": timeout,
@@ -88,9 +97,14 @@ class Publisher:
         """
         name, payload = self._encode(channel, data)
         if self._async is None:
-            self._async = redis.asyncio.Redis.from_url(
-                self._url, retry=AsyncRetry(NoBackoff(), 0), **self._options
-            )
+            if is_sentinel_url(self._url):
+                self._async = sentinel_client(
+                    self._url, timeout=self._timeout, client_name="wshub-publisher"
+                )
+            else:
+                self._async = redis.asyncio.Redis.from_url(
+                    self._url, retry=AsyncRetry(NoBackoff(), 0), **self._options
+                )
         try:
             return int(await self._async.publish(name, payload))
         except RedisError as exc:
@@ -103,9 +117,14 @@ class Publisher:
         """
         name, payload = self._encode(channel, data)
         if self._sync is None:
-            self._sync = redis.Redis.from_url(
-                self._url, retry=Retry(NoBackoff(), 0), **self._options
-            )
+            if is_sentinel_url(self._url):
+                self._sync = sentinel_client_sync(
+                    self._url, timeout=self._timeout, client_name="wshub-publisher"
+                )
+            else:
+                self._sync = redis.Redis.from_url(
+                    self._url, retry=Retry(NoBackoff(), 0), **self._options
+                )
         try:
             return int(self._sync.publish(name, payload))
         except RedisError as exc:
@@ -133,7 +152,7 @@ class Publisher:
         """
         client, self._sync = self._sync, None
         if client is not None:
-            client.close()
+            close_client_sync(client)
         if self._async is not None:
             raise RuntimeError("Publisher.close() cannot close the async client: await aclose()")
 
@@ -141,7 +160,7 @@ class Publisher:
         """Close both connections. Idempotent."""
         client, self._async = self._async, None
         if client is not None:
-            await client.aclose()
+            await close_client(client)
         self.close()
 
     def __enter__(self) -> Publisher:

@@ -53,7 +53,7 @@ async def command_calls(admin: redis.asyncio.Redis, command: str) -> int:
 async def test_keys_hold_meta_and_the_last_size_entries(
     start_broker: StartBroker, admin: redis.asyncio.Redis, prefix: str
 ) -> None:
-    """The meta hash holds epoch, offset, ttl; the stream the last `size` entries; both expire."""
+    """The meta hash holds epoch, offset, ttl, bytes; the stream the last `size` entries."""
     broker, _ = await start_broker()
     for n in range(5):
         result = await broker.publish("room", b"%d" % n, origin="c9", history=OPTIONS)
@@ -62,6 +62,7 @@ async def test_keys_hold_meta_and_the_last_size_entries(
         b"epoch": (result.epoch or "").encode(),
         b"offset": b"5",
         b"ttl": b"60000",
+        b"bytes": b"771",  # the 3 entries kept, each len(data) + ENTRY_OVERHEAD (256)
     }
     entries = cast(list[tuple[bytes, dict[bytes, bytes]]], await admin.xrange(stream))
     assert [entry_id.split(b"-")[0] for entry_id, _ in entries] == [b"3", b"4", b"5"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import msgpack
@@ -11,6 +12,8 @@ import pytest
 import websockets
 
 from wshub.core.codecs import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL
+from wshub.demo import app as demo_app
+from wshub.demo import hub as demo_hub
 from wshub.testing import wait_until
 
 from .support import close_code, connect, registries_empty, scaled
@@ -398,6 +401,59 @@ async def test_library_mode_closes_1008_on_invalid_json(hub_server) -> None:
     finally:
         await asyncio.gather(bystander.close(), client.close())
     await wait_until(lambda: registries_empty(hub))
+
+
+DEEP = "[" * 300 + "]" * 300
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        (f'{{"user":{DEEP},"text":"hi"}}', "message nested too deeply"),
+        ('{"user":' + '{"a":' * 300 + "1" + "}" * 300 + "}", "message nested too deeply"),
+        (f'{{"user":"ada","text":{DEEP}}}', "message nested too deeply"),
+        ('["not","an","object"]', "expected a JSON object"),
+        ('"hi"', "expected a JSON object"),
+        ("42", "expected a JSON object"),
+    ],
+)
+async def test_demo_seed_chat_closes_1008_on_bad_messages_with_one_short_log_line(
+    serve, caplog, text: str, reason: str
+) -> None:
+    """The demo's /ws/chat: bad input closes 1008 with one warning, no traceback, no 1011.
+
+    A 300-deep ``user`` used to reach the encoder and crash the handler (1011 and a
+    traceback per message). Bystanders keep chatting, byte for byte as in the seed,
+    which echoes non-string ``user``/``text`` values too (see test_fanout.py).
+    """
+    caplog.set_level(logging.INFO)
+    server = serve(demo_app, settings=demo_hub.settings)
+    crashes = demo_hub.stats.closes[1011]  # the demo's hub lives as long as the test session
+    bystander = await connect(server.ws_url("/ws/chat"))
+    client = await connect(server.ws_url("/ws/chat"))
+    try:
+        await wait_until(lambda: len(demo_hub.subscribers("chat")) == 2)
+        await client.send(text)
+        with pytest.raises(websockets.ConnectionClosedError):
+            await asyncio.wait_for(client.recv(), scaled(5))
+        assert (close_code(client), client.close_reason) == (1008, reason)
+        await bystander.send('{"user":"ada","text":"hi","extra":[1]}')
+        assert await asyncio.wait_for(bystander.recv(), scaled(5)) == '{"user":"ada","text":"hi"}'
+        await bystander.send("{}")
+        assert await asyncio.wait_for(bystander.recv(), scaled(5)) == '{"user":"anon","text":""}'
+        await bystander.send(f'{{"user":42,"text":[null,{{"k":1}}],"ignored":{DEEP}}}')
+        echo = await asyncio.wait_for(bystander.recv(), scaled(5))
+        assert echo == '{"user":42,"text":[null,{"k":1}]}'
+    finally:
+        await asyncio.gather(bystander.close(), client.close())
+    await wait_until(lambda: registries_empty(demo_hub))
+    assert demo_hub.stats.closes[1011] == crashes
+    assert not [r for r in caplog.records if r.exc_info or r.exc_text]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    [line] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert line.name == "wshub.demo"
+    assert line.getMessage().endswith(f"{reason}; closed with 1008")
+    assert len(line.getMessage()) < 120
 
 
 async def test_msgpack_welcome_arrives_on_msgpack_only(hub_server) -> None:

@@ -240,6 +240,100 @@ async def test_max_connections_per_user_refuses_with_1013(hub_server: HubServer)
     await wait_until(lambda: hub.connection_count == 0 and not hub.registry.users)
 
 
+async def connect_by_frame(server: RunningServer, user: str) -> ClientConnection:
+    """Connect to /ws without a handshake token and send ``{"op":"connect","token":...}``."""
+    ws = await connect(server.ws_url("/ws"))
+    await ws.send(orjson.dumps({"op": "connect", "token": token(user)}).decode())
+    return ws
+
+
+async def test_unauthenticated_sockets_never_take_an_authenticated_users_slot(
+    hub_server: HubServer,
+) -> None:
+    """Silent token-less sockets fill their own pool; valid users still get in, both ways.
+
+    `max_connections=5` and the default `max_unauthenticated` (min(1000, 5) = 5): seven
+    silent sockets leave the five newest waiting and the two oldest closed with 1013.
+    """
+    server, hub = hub_server(jwt_secret=SECRET, max_connections=5, auth_timeout=30)
+    assert hub.settings.unauthenticated_limit() == 5
+    silent = [await connect(server.ws_url("/ws")) for _ in range(7)]
+    for ws in silent[:2]:
+        await assert_try_again_later(ws, "too many unauthenticated connections")
+    await wait_until(lambda: len(hub.lifecycle.unauthenticated) == 5)
+    assert hub.connection_count == 5 and not hub.lifecycle.authenticated
+
+    users = [await open_protocol(server, token("ada"))]  # a handshake token: main pool only
+    by_frame = await connect_by_frame(server, "bob")  # waits in the unauthenticated pool
+    [welcome] = await frames(by_frame)
+    assert (welcome["op"], welcome["user"]) == ("welcome", "bob")
+    users.append(by_frame)
+    # bob's socket took the oldest silent one's place before it authenticated.
+    await assert_try_again_later(silent[2], "too many unauthenticated connections")
+    users += [await open_protocol(server, token(f"user{i}")) for i in range(3)]
+    assert len(hub.lifecycle.authenticated) == 5
+    assert len(hub.lifecycle.unauthenticated) == 4  # silent[3:]
+
+    # The main pool is full now: max_connections applies to both ways in, as before.
+    extra = await connect(server.ws_url(f"/ws?token={token('eve')}"))
+    await assert_try_again_later(extra, "too many connections")
+    late = await connect_by_frame(server, "eve")
+    await assert_try_again_later(late, "too many connections")
+    assert hub.stats.refused == 3 + 2
+    for ws in users:  # everyone let in still works
+        await ws.send('{"op":"subscribe","id":1,"channel":"room"}')
+        assert await frames(ws) == [{"id": 1, "result": {}}]
+
+    for ws in [*users, *silent[3:]]:
+        await ws.close()
+    await wait_until(lambda: hub.connection_count == 0 and hub.channel_count == 0)
+    assert not hub.lifecycle.authenticated and not hub.lifecycle.unauthenticated
+    assert not hub.registry.users and not hub.lifecycle.heartbeats
+
+
+async def test_max_unauthenticated_is_its_own_cap_and_frees_on_auth_or_timeout(
+    hub_server: HubServer,
+) -> None:
+    """`max_unauthenticated=2`: a third silent socket evicts the oldest; authenticating or
+    timing out leaves the pool, and a freed slot is reused without evicting anyone."""
+    server, hub = hub_server(
+        jwt_secret=SECRET, max_connections=5, max_unauthenticated=2, auth_timeout=1.0
+    )
+    first, second, third = [await connect(server.ws_url("/ws")) for _ in range(3)]
+    await assert_try_again_later(first, "too many unauthenticated connections")
+    await wait_until(lambda: len(hub.lifecycle.unauthenticated) == 2)
+    await second.send(orjson.dumps({"op": "connect", "token": token("ada")}).decode())
+    assert (await frames(second))[0]["user"] == "ada"
+    assert len(hub.lifecycle.unauthenticated) == 1  # third only
+    fourth = await connect(server.ws_url("/ws"))  # a free slot: nobody is evicted
+    await wait_until(lambda: len(hub.lifecycle.unauthenticated) == 2)
+    assert hub.stats.refused == 1
+    for ws in (third, fourth):  # both time out with 4001 as usual
+        assert await until_closed(ws) == []
+        assert (ws.close_code, ws.close_reason) == (4001, "authentication timeout")
+    assert hub.stats.auth_failures == 2
+    await second.close()
+    await wait_until(lambda: hub.connection_count == 0)
+    assert not hub.lifecycle.authenticated and not hub.lifecycle.unauthenticated
+
+
+async def test_anonymous_by_first_frame_moves_to_the_main_pool_under_max_connections(
+    hub_server: HubServer,
+) -> None:
+    """With `allow_anonymous`, a token-less client let in counts against `max_connections`."""
+    server, hub = hub_server(jwt_secret=SECRET, allow_anonymous=True, max_connections=1)
+    first = await connect(server.ws_url("/ws"))
+    await first.send('{"op":"connect"}')
+    assert (await frames(first))[0]["op"] == "welcome"
+    second = await connect(server.ws_url("/ws"))  # waits in the unauthenticated pool
+    await wait_until(lambda: len(hub.lifecycle.unauthenticated) == 1)
+    await second.send('{"op":"connect"}')
+    await assert_try_again_later(second, "too many connections")
+    await first.close()
+    await wait_until(lambda: hub.connection_count == 0)
+    assert not hub.lifecycle.authenticated and not hub.lifecycle.unauthenticated
+
+
 # -- subscriptions and message size -----------------------------------------------------------
 
 

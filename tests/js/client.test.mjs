@@ -450,3 +450,84 @@ test("a callback that throws does not break delivery to others", async () => {
   }
   assert.deepEqual(got, [1, 2]);
 });
+
+test("a recovery with more reads the rest with history, holding live messages until then", async () => {
+  const { client, sockets } = makeClient();
+  const got = [];
+  const recoveries = [];
+  client.subscribe("chat:p", {
+    since: 2,
+    epoch: "e1",
+    onMessage: (m) => got.push([m.offset, m.recovered]),
+    onRecover: (r) => recoveries.push(r),
+  });
+  client.connect();
+  await until(() => sockets.length);
+  const ws = sockets[0];
+  ws.welcome();
+  const sub = ws.lastSent("subscribe");
+  assert.deepEqual(sub, { op: "subscribe", channel: "chat:p", since: 2, epoch: "e1", id: sub.id });
+  const item = (n) => ({ channel: "chat:p", data: n, offset: n });
+  ws.push(
+    { id: sub.id, result: { offset: 8, epoch: "e1", recovered: true, more: true, messages: [item(3), item(4)] } },
+    { op: "message", channel: "chat:p", data: 9, offset: 9 }, // live, before pages 2..n
+  );
+  assert.deepEqual(got, [[3, true], [4, true]]);
+  await until(() => ws.lastSent("history"));
+  const page2 = ws.lastSent("history");
+  assert.deepEqual(page2, { op: "history", channel: "chat:p", since: 4, limit: 4, id: page2.id });
+  ws.push(
+    { id: page2.id, result: { offset: 9, epoch: "e1", more: true, messages: [item(5), item(6)] } },
+    { op: "message", channel: "chat:p", data: 10, offset: 10 },
+  );
+  await until(() => ws.lastSent("history").id !== page2.id);
+  const page3 = ws.lastSent("history");
+  assert.deepEqual(page3, { op: "history", channel: "chat:p", since: 6, limit: 2, id: page3.id });
+  assert.deepEqual(recoveries, []); // not before the last page
+  ws.push({ id: page3.id, result: { offset: 10, epoch: "e1", messages: [item(7), item(8)] } });
+  await until(() => recoveries.length);
+  assert.deepEqual(got.map(([n]) => n), [3, 4, 5, 6, 7, 8, 9, 10]);
+  assert.deepEqual(got.map(([, r]) => r), [true, true, true, true, true, true, false, false]);
+  assert.deepEqual(recoveries, [{ channel: "chat:p", recovered: true, count: 6, offset: 8, epoch: "e1" }]);
+  ws.push({ op: "message", channel: "chat:p", data: 10, offset: 10 }, { op: "message", channel: "chat:p", data: 11, offset: 11 });
+  assert.deepEqual(got.map(([n]) => n).slice(-1), [11]); // the duplicate 10 was dropped
+});
+
+test("a paginated recovery that finds a gap reports recovered false and goes live", async () => {
+  const { client, sockets } = makeClient();
+  const got = [];
+  const recoveries = [];
+  client.subscribe("chat:g", { since: 2, epoch: "e1", onMessage: (m) => got.push(m.offset), onRecover: (r) => recoveries.push(r) });
+  client.connect();
+  await until(() => sockets.length);
+  const ws = sockets[0];
+  ws.welcome();
+  const sub = ws.lastSent("subscribe");
+  const item = (n) => ({ channel: "chat:g", data: n, offset: n });
+  ws.push(
+    { id: sub.id, result: { offset: 8, epoch: "e1", recovered: true, more: true, messages: [item(3)] } },
+    { op: "message", channel: "chat:g", data: 9, offset: 9 },
+  );
+  await until(() => ws.lastSent("history"));
+  ws.push({ id: ws.lastSent("history").id, result: { offset: 9, epoch: "e1", messages: [item(7), item(8)] } });
+  await until(() => recoveries.length);
+  assert.equal(recoveries[0].recovered, false);
+  assert.deepEqual(got, [3, 9]);
+});
+
+test("4008 closes in a row back off longer each time, even after a welcome", async () => {
+  const { client, sockets } = makeClient({ backoffBase: 4, backoffCap: 1000, random: () => 0 });
+  const delays = [];
+  client.on("state", (state, info) => state === "disconnected" && delays.push(info.delay));
+  client.connect();
+  for (let n = 1; n <= 4; n++) {
+    await until(() => sockets.length === n);
+    sockets[n - 1].welcome();
+    sockets[n - 1].drop(4008, "slow consumer: send queue overflow");
+  }
+  await until(() => sockets.length === 5);
+  sockets[4].welcome();
+  sockets[4].drop(1001);
+  // Equal jitter with random() = 0: half of 4, 8, 16, 32; then another code resets it.
+  assert.deepEqual(delays, [2, 4, 8, 16, 0]);
+});

@@ -1,4 +1,4 @@
-"""Origin checks: own origin by Host, loopback equivalence, the allow-list and `*`."""
+"""Origin checks: own origin by scheme and Host, loopback equivalence, the allow-list and `*`."""
 
 from __future__ import annotations
 
@@ -16,17 +16,39 @@ def test_no_origin_header_is_allowed() -> None:
 
 
 @pytest.mark.parametrize(
-    ("origin", "host"),
+    ("origin", "host", "scheme"),
     [
-        ("https://example.com", "example.com"),
-        ("http://example.com:8000", "example.com:8000"),
-        ("HTTPS://Example.COM", "example.com"),
-        ("http://[::1]:8000", "[::1]:8000"),
+        ("https://example.com", "example.com", "wss"),
+        ("http://example.com:8000", "example.com:8000", "ws"),
+        ("HTTPS://Example.COM", "example.com", "wss"),
+        ("http://[::1]:8000", "[::1]:8000", "ws"),
+        ("https://example.com:443", "example.com", "wss"),
+        ("https://example.com", "example.com:443", "wss"),
+        ("http://example.com:80", "example.com", "ws"),
+        ("http://example.com", "example.com", "http"),  # an ASGI server reporting http(s)
+        ("https://example.com", "example.com", "https"),
     ],
 )
-def test_own_origin_is_allowed(origin: str, host: str) -> None:
-    """An Origin whose host and port equal the Host header is the server's own."""
-    assert origin_allowed(origin, host, NONE)
+def test_own_origin_is_allowed(origin: str, host: str, scheme: str) -> None:
+    """An Origin whose scheme, host and port are the server's own (default ports filled in)."""
+    assert origin_allowed(origin, host, NONE, scheme)
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "scheme"),
+    [
+        ("https://127.0.0.1:8000", "127.0.0.1:8000", "ws"),
+        ("http://127.0.0.1:8000", "127.0.0.1:8000", "wss"),
+        ("https://localhost:8000", "127.0.0.1:8000", "ws"),
+        ("https://example.com", "example.com", "ws"),  # 443 vs 80, and another scheme
+        ("http://example.com", "example.com", "wss"),
+        ("https://example.com:80", "example.com", "ws"),  # same port, other scheme
+        ("http://example.com:443", "example.com:443", "wss"),
+    ],
+)
+def test_another_scheme_is_another_origin(origin: str, host: str, scheme: str) -> None:
+    """https:// pages may not open ws:// sockets of the same host and port, nor the reverse."""
+    assert not origin_allowed(origin, host, NONE, scheme)
 
 
 @pytest.mark.parametrize(
@@ -93,6 +115,14 @@ def test_loopback_on_another_port_or_host_is_refused(origin: str, host: str) -> 
 def test_unparsable_ports_are_refused_without_raising(origin: str, host: str) -> None:
     """A garbage port in Origin or Host (both client-controlled) is a refusal, not an exception."""
     assert not origin_allowed(origin, host, NONE)
+
+
+def test_listed_origins_match_with_their_default_port() -> None:
+    """An allow-list entry with its scheme's default port is the same origin as without one."""
+    allowed = frozenset({"https://app.example.com:443", "http://other.example.com"})
+    assert origin_allowed("https://app.example.com", "api.example.com", allowed)
+    assert origin_allowed("http://other.example.com:80", "api.example.com", allowed)
+    assert not origin_allowed("http://app.example.com:443", "api.example.com", allowed)
 
 
 def test_listed_origins_are_allowed() -> None:

@@ -29,15 +29,17 @@ _ENGINES = {
     "redis": "wshub.brokers.redis:RedisBroker",
     "rediss": "wshub.brokers.redis:RedisBroker",
     "unix": "wshub.brokers.redis:RedisBroker",
+    "redis+sentinel": "wshub.brokers.redis:RedisBroker",
 }
 
 
 def broker_from_url(url: str, **options: Any) -> Broker:
-    """Build the broker an URL names: ``memory://`` or ``redis://host:port/db``.
+    """Build the broker an URL names: ``memory://``, ``redis://host:port/db``, ``redis+sentinel://...``.
 
     Args:
         url: the broker URL.
-        **options: engine options (e.g. ``prefix`` for Redis); the memory broker has none.
+        **options: engine options: ``prefix`` and ``probe_interval`` for Redis,
+            ``history_max_memory`` for memory; an engine ignores the others'.
 
     Returns:
         A broker, not started yet.
@@ -53,5 +55,7 @@ def broker_from_url(url: str, **options: Any) -> Broker:
     module_name, _, class_name = target.partition(":")
     engine = getattr(importlib.import_module(module_name), class_name)
     if scheme == "memory":
-        return engine()  # type: ignore[no-any-return]
+        budget = options.get("history_max_memory")
+        return engine(history_max_memory=budget)  # type: ignore[no-any-return]
+    options.pop("history_max_memory", None)
     return engine(url, **options)  # type: ignore[no-any-return]

@@ -16,6 +16,7 @@ import collections
 import dataclasses
 import secrets
 import time
+from typing import Final
 
 from wshub.brokers.base import HistoryOptions, Publication
 
@@ -97,43 +98,106 @@ def new_epoch() -> str:
     return secrets.token_hex(4)
 
 
-class _Stream:
-    __slots__ = ("epoch", "offset", "items", "touched")
+#: Bytes counted for each kept publication besides its data: the `Publication`, its
+#: entry in the ring buffer, the bytes object's header and the time stamp. Both engines
+#: count a publication as ``len(data) + ENTRY_OVERHEAD`` against ``history_max_bytes``.
+ENTRY_OVERHEAD: Final = 256
+#: Bytes counted for each channel's history besides its entries (the stream object,
+#: its deque, the dict slots that hold it), so that many channels with empty or tiny
+#: histories still count against the memory budget.
+STREAM_OVERHEAD: Final = 512
+#: Default of `MemoryHistory`'s budget (setting ``history_max_memory``).
+DEFAULT_MAX_MEMORY: Final = 64 * 1024 * 1024
+#: Expired histories dropped at most per publish (the periodic sweep drops the rest).
+SWEEP_PER_APPEND: Final = 4
 
-    def __init__(self, size: int) -> None:
+
+def entry_cost(data: bytes) -> int:
+    """The bytes a kept publication counts against the byte caps."""
+    return len(data) + ENTRY_OVERHEAD
+
+
+class _Stream:
+    __slots__ = ("channel", "epoch", "offset", "items", "bytes", "touched", "options")
+
+    def __init__(self, channel: str, options: HistoryOptions, now: float) -> None:
+        self.channel = channel
         self.epoch = new_epoch()
         self.offset = 0
-        self.items: collections.deque[tuple[float, Publication]] = collections.deque(maxlen=size)
-        self.touched = time.monotonic()
+        self.items: collections.deque[tuple[float, Publication]] = collections.deque()
+        self.bytes = STREAM_OVERHEAD + len(channel)  # accounted: overhead + entries
+        self.touched = now
+        self.options = options
 
 
 class MemoryHistory:
-    """Ring buffers of one process: per channel, the last ``size`` publications for ``ttl``."""
+    """Ring buffers of one process: per channel, the last ``size`` publications for ``ttl``.
 
-    def __init__(self) -> None:
-        self._streams: dict[str, _Stream] = {}
-        self._options: dict[str, HistoryOptions] = {}
+    Memory stays bounded three ways: each channel keeps at most ``size`` publications
+    and ``max_bytes`` bytes (`HistoryOptions`), and all channels together at most
+    ``max_memory`` bytes: past it, the least recently published channel loses its
+    oldest publications first, and a channel left without any is forgotten (its next
+    publish starts a new epoch). Each publication counts ``len(data) +
+    ENTRY_OVERHEAD``, each channel ``STREAM_OVERHEAD`` more. Expired histories are
+    dropped a few per publish and by `sweep` (the memory broker runs it periodically).
+
+    Args:
+        max_memory: the budget in bytes of all histories of this process; 0: unbounded.
+
+    Attributes:
+        total_bytes: the bytes accounted for every history kept.
+        evictions: publications dropped to stay within ``max_bytes`` or ``max_memory``
+            (not those that left a ring buffer by ``size``, nor expired ones).
+    """
+
+    def __init__(self, max_memory: int = DEFAULT_MAX_MEMORY) -> None:
+        if max_memory < 0:
+            raise ValueError("max_memory cannot be negative")
+        self.max_memory = max_memory
+        self.total_bytes = 0
+        self.evictions = 0
+        # Least recently published first: the eviction order of the memory budget.
+        self._streams: collections.OrderedDict[str, _Stream] = collections.OrderedDict()
+        # The same streams grouped by ttl, least recently published first: in a group,
+        # that is also the order in which they expire, so sweeping looks at heads only.
+        self._by_ttl: dict[float, collections.OrderedDict[str, _Stream]] = {}
+
+    @property
+    def channels(self) -> int:
+        """Channels with a history kept."""
+        return len(self._streams)
 
     def append(
         self, channel: str, data: bytes, origin: str | None, options: HistoryOptions
-    ) -> Publication:
+    ) -> tuple[Publication, str]:
         """Give a publication the channel's next offset and keep it.
 
         Returns:
-            The publication, carrying its offset.
+            The publication, carrying its offset, and the history's epoch.
         """
         now = time.monotonic()
+        self._sweep(now, SWEEP_PER_APPEND)
         stream = self._live_stream(channel, now)
         if stream is None:
-            stream = self._streams[channel] = _Stream(options.size)
-        elif stream.items.maxlen != options.size:  # the namespace was reconfigured
-            stream.items = collections.deque(stream.items, maxlen=options.size)
-        self._options[channel] = options
+            stream = _Stream(channel, options, now)
+            self._streams[channel] = stream
+            self.total_bytes += stream.bytes
+        else:
+            self._streams.move_to_end(channel)
+            self._ungroup(stream)
+            stream.touched = now
+            stream.options = options  # the namespace may have been reconfigured
+        self._by_ttl.setdefault(options.ttl, collections.OrderedDict())[channel] = stream
         stream.offset += 1
-        stream.touched = now
         publication = Publication(data, stream.offset, origin)
         stream.items.append((now, publication))
-        return publication
+        cost = entry_cost(data)
+        stream.bytes += cost
+        self.total_bytes += cost
+        self._trim(stream, now)
+        if self.max_memory and self.total_bytes > self.max_memory:
+            self._enforce_budget(stream)
+        return publication, stream.epoch
 
     def position(self, channel: str) -> StreamPosition:
         """The channel's current position (offset 0, epoch ``""`` when it has no history)."""
@@ -145,23 +209,90 @@ class MemoryHistory:
         now = time.monotonic()
         stream = self._live_stream(channel, now)
         if stream is None:
-            return HistoryPage(self.position(channel), [], since is None or since == 0)
-        ttl = self._options[channel].ttl
+            return HistoryPage(NO_HISTORY, [], since is None or since == 0)
+        ttl = stream.options.ttl
         kept = [p for stamp, p in stream.items if now - stamp <= ttl]
         position = StreamPosition(stream.offset, stream.epoch)
         if since is None:
-            newest = kept if limit is None else kept[len(kept) - limit :] if limit else []
-            return HistoryPage(position, newest)
+            if limit is None:
+                return HistoryPage(position, kept)
+            return HistoryPage(position, kept[max(len(kept) - limit, 0) :] if limit > 0 else [])
         after = [p for p in kept if p.offset is not None and p.offset > since]
         oldest = after[0].offset if after else stream.offset + 1
         complete = since >= stream.offset or oldest == since + 1
-        return HistoryPage(position, after if limit is None else after[:limit], complete)
+        return HistoryPage(position, after if limit is None else after[: max(limit, 0)], complete)
+
+    def sweep(self) -> int:
+        """Drop every expired history now.
+
+        Returns:
+            How many were dropped.
+        """
+        return self._sweep(time.monotonic(), None)
+
+    def clear(self) -> None:
+        """Forget every history."""
+        self._streams.clear()
+        self._by_ttl.clear()
+        self.total_bytes = 0
+
+    def _sweep(self, now: float, at_most: int | None) -> int:
+        dropped = 0
+        for ttl, group in list(self._by_ttl.items()):
+            while group and (at_most is None or dropped < at_most):
+                stream = next(iter(group.values()))
+                if now - stream.touched <= ttl:
+                    break
+                self._forget(stream)
+                dropped += 1
+        return dropped
+
+    def _trim(self, stream: _Stream, now: float) -> None:
+        """Keep ``stream`` within its size and byte cap; drop its expired head."""
+        items, options = stream.items, stream.options
+        while items and (len(items) > options.size or now - items[0][0] > options.ttl):
+            self._drop_oldest(stream)
+        cap = options.max_bytes
+        if cap:
+            while items and stream.bytes - STREAM_OVERHEAD - len(stream.channel) > cap:
+                self._drop_oldest(stream)
+                self.evictions += 1
+
+    def _enforce_budget(self, current: _Stream) -> None:
+        """Evict the oldest publications of the least recently published channels."""
+        streams = self._streams
+        while self.total_bytes > self.max_memory and streams:
+            oldest = next(iter(streams.values()))
+            if oldest.items:
+                self._drop_oldest(oldest)
+                self.evictions += 1
+            if not oldest.items:
+                if oldest is current:
+                    break  # the only one left: keep its position (and epoch)
+                self._forget(oldest)
+
+    def _drop_oldest(self, stream: _Stream) -> None:
+        _, publication = stream.items.popleft()
+        cost = entry_cost(publication.data)
+        stream.bytes -= cost
+        self.total_bytes -= cost
+
+    def _ungroup(self, stream: _Stream) -> None:
+        group = self._by_ttl.get(stream.options.ttl)
+        if group is not None:
+            group.pop(stream.channel, None)
+            if not group:
+                del self._by_ttl[stream.options.ttl]
+
+    def _forget(self, stream: _Stream) -> None:
+        """Drop ``stream`` whole: the channel's next publish starts a new epoch."""
+        del self._streams[stream.channel]
+        self._ungroup(stream)
+        self.total_bytes -= stream.bytes
 
     def _live_stream(self, channel: str, now: float) -> _Stream | None:
         stream = self._streams.get(channel)
-        options = self._options.get(channel)
-        if stream is not None and options is not None and now - stream.touched > options.ttl:
-            del self._streams[channel]  # forgotten: the next publish starts a new epoch
-            del self._options[channel]
+        if stream is not None and now - stream.touched > stream.options.ttl:
+            self._forget(stream)  # forgotten: the next publish starts a new epoch
             return None
         return stream

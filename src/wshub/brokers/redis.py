@@ -50,7 +50,7 @@ Contract, on top of the ones in `wshub.brokers.base`, `wshub.history` and
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -69,10 +69,12 @@ from wshub.brokers.presence import ClientInfo, Presence
 from wshub.brokers.redis_connections import (
     SCHEMES,
     check_url,
+    close_client,
     new_pool,
     redis_location,
 )
 from wshub.brokers.redis_history import RedisHistory
+from wshub.brokers.redis_pipeline import PublishPipeline
 from wshub.brokers.redis_presence import RedisPresence
 from wshub.brokers.redis_probe import PROBE_INFIX, LivenessProbe
 from wshub.brokers.redis_session import SubscriberSession
@@ -108,8 +110,10 @@ class RedisBroker(Broker, History, Presence):
         """Configure the broker; nothing connects before `start`.
 
         Args:
-            url: ``redis://[user:password@]host:port/db``, ``rediss://...`` or
-                ``unix:///path/to/socket``.
+            url: ``redis://[user:password@]host:port/db``, ``rediss://...``,
+                ``unix:///path/to/socket`` or
+                ``redis+sentinel://[user:password@]host:port[,host:port]/service[?db=N]``
+                (the master the sentinels name, followed through failovers).
             prefix: prepended to every channel and key name in Redis.
             probe_interval: seconds between liveness probes of the subscriber.
             probe_timeout: seconds a probe may take to come back; defaults to ``timeout``.
@@ -128,6 +132,7 @@ class RedisBroker(Broker, History, Presence):
         self._timeout = timeout
         self._max_connections = max_connections
         self._client: Redis | None = None
+        self._pipeline: PublishPipeline | None = None
         self._probe = LivenessProbe(
             prefix,
             interval=probe_interval,
@@ -182,6 +187,11 @@ class RedisBroker(Broker, History, Presence):
         return frozenset(self._subs.desired)
 
     @property
+    def history_evictions(self) -> int:
+        """Publications this process's publishes evicted from histories by a byte cap."""
+        return self._history_store.evictions
+
+    @property
     def probe_channel(self) -> str:
         """This broker's probe channel, as named in Redis."""
         return self._probe.channel
@@ -202,6 +212,7 @@ class RedisBroker(Broker, History, Presence):
         self._client = new_pool(
             self._url, timeout=self._timeout, max_connections=self._max_connections
         )
+        self._pipeline = PublishPipeline(self._client, RedisHistory.SCRIPTS)
         await self._session.start(events, self._client)
 
     async def close(self) -> None:
@@ -209,9 +220,12 @@ class RedisBroker(Broker, History, Presence):
         if self.state is BrokerState.CLOSED:
             return
         await self._session.close()
+        pipeline, self._pipeline = self._pipeline, None
+        if pipeline is not None:
+            await pipeline.close()
         client, self._client = self._client, None
         if client is not None:
-            await client.aclose()
+            await close_client(client)
 
     async def subscribe(self, channels: Sequence[str]) -> None:
         """Add ``channels`` to the desired set; while connected, wait until Redis confirms.
@@ -261,15 +275,20 @@ class RedisBroker(Broker, History, Presence):
                 or Redis failed the command.
         """
         action = f"publish to {channel!r}"
+        store = self._history_store
+        command: tuple[Any, ...]
         if history is not None and event is None:
-            options = history
-            return await self._command(
-                action,
-                lambda client: self._history_store.publish(client, channel, data, origin, options),
-            )
-        payload = encode_payload(data, origin, event=event)
-        await self._command(action, lambda client: client.publish(self._prefix + channel, payload))
-        return PublishResult()
+            command = store.publish_command(channel, data, origin, history)
+        else:
+            command = ("PUBLISH", self._prefix + channel, encode_payload(data, origin, event=event))
+
+        def submit(_: Redis) -> Awaitable[Any]:
+            # Submitted now, before any await, so publishes keep their order (redis_pipeline).
+            assert self._pipeline is not None  # set with the pool, which _command checked
+            return self._pipeline.submit(*command)
+
+        reply = await self._command(action, submit)
+        return store.publish_result(reply) if command[0] == "EVALSHA" else PublishResult()
 
     # -- the History and Presence interfaces ----------------------------------------
 

@@ -4,9 +4,11 @@ Keys, for a channel ``c`` and the broker's prefix (docs/redis.md, "History"):
 
 - ``<prefix>history-meta:c``, a hash: ``epoch`` (random, set when the hash is
   created), ``offset`` (the newest publication's offset), ``ttl`` (ms, the last
-  publish's history ttl);
-- ``<prefix>history:c``, a stream of the last ``size`` publications, the entry id
-  ``<offset>-<unix ms when kept>``, the fields ``data`` and, with an origin, ``from``.
+  publish's history ttl), ``bytes`` (the stream's entries counted as
+  ``len(data) + ENTRY_OVERHEAD`` each);
+- ``<prefix>history:c``, a stream of the last ``size`` publications within
+  ``max_bytes``, the entry id ``<offset>-<unix ms when kept>``, the fields ``data``
+  and, with an origin, ``from``.
 
 Both keys expire ``ttl`` after the last publish. A missing meta hash means no
 history: reads report `NO_HISTORY` and the next publish starts a new epoch at offset
@@ -20,7 +22,13 @@ from typing import Any, Final
 from redis.asyncio import Redis
 
 from wshub.brokers.base import HistoryOptions, Publication, PublishResult
-from wshub.brokers.history import NO_HISTORY, HistoryPage, StreamPosition, new_epoch
+from wshub.brokers.history import (
+    ENTRY_OVERHEAD,
+    NO_HISTORY,
+    HistoryPage,
+    StreamPosition,
+    new_epoch,
+)
 from wshub.brokers.redis_scripts import (
     PUBLISH_WITH_HISTORY,
     READ_HISTORY,
@@ -43,38 +51,38 @@ class RedisHistory:
 
     Args:
         prefix: the broker's key and channel prefix.
+
+    Attributes:
+        evictions: entries this process's publishes dropped by a byte cap.
     """
 
     def __init__(self, prefix: str) -> None:
         self._prefix = prefix
+        self.evictions = 0
 
     def keys(self, channel: str) -> list[str]:
         """The keys of ``channel``'s history: its meta hash, then its stream."""
         return [self._prefix + META_INFIX + channel, self._prefix + STREAM_INFIX + channel]
 
-    async def publish(
-        self,
-        client: Redis,
-        channel: str,
-        data: bytes,
-        origin: str | None,
-        options: HistoryOptions,
-    ) -> PublishResult:
-        """Give a publication the channel's next offset, keep it, and publish it: one step.
+    #: The publish script, by SHA1, for `PublishPipeline`'s NOSCRIPT fallback.
+    SCRIPTS = {_publish_script.sha: _publish_script.source}
+
+    def publish_command(
+        self, channel: str, data: bytes, origin: str | None, options: HistoryOptions
+    ) -> tuple[bytes | str | int, ...]:
+        """The ``EVALSHA`` that gives a publication the channel's next offset, keeps it
+        and publishes it, in one atomic step (run it through `PublishPipeline`).
 
         Args:
-            client: the connection pool.
             channel: the channel name without the prefix.
             data: the payload, a JSON text.
             origin: the publishing client's id, if any.
-            options: how many publications to keep, and for how long.
+            options: how many publications (and bytes) to keep, and for how long.
 
         Returns:
-            The publication's offset and the history's epoch.
-
-        Raises:
-            RedisError: Redis failed the script.
+            The command; `publish_result` reads its reply.
         """
+        keys = self.keys(channel)
         args: list[bytes | str | int] = [
             self._prefix + channel,
             data,
@@ -82,10 +90,17 @@ class RedisHistory:
             options.size,
             milliseconds(options.ttl),
             new_epoch(),  # used only if the history has to start anew
+            max(options.max_bytes, 0),
+            ENTRY_OVERHEAD,
         ]
         if origin is not None:
             args.append(origin)
-        offset, epoch = await _publish_script(client, self.keys(channel), args)
+        return ("EVALSHA", _publish_script.sha, len(keys), *keys, *args)
+
+    def publish_result(self, reply: Any) -> PublishResult:
+        """The offset and epoch in the publish script's reply; counts its evictions."""
+        offset, epoch, evicted = reply
+        self.evictions += int(evicted)
         return PublishResult(int(offset), _text(epoch))
 
     async def read(

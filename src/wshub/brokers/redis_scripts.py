@@ -38,7 +38,9 @@ end
 #: Publish with history. KEYS: meta hash, stream. ARGV: 1 the pub/sub channel, 2 the
 #: data, 3 the envelope header after the offset (`redis_wire.offset_header_rest`),
 #: 4 history size, 5 ttl in ms, 6 a fresh epoch (used only when the meta is missing),
-#: 7 the origin (optional). Returns ``{offset, epoch}``.
+#: 7 the byte cap (0: none), 8 the bytes counted per entry besides its data, 9 the
+#: origin (optional). Returns ``{offset, epoch, evicted}``, ``evicted`` the entries
+#: dropped by the byte cap (not those trimmed by size).
 PUBLISH_WITH_HISTORY: Final = (
     _PRELUDE
     + r"""
@@ -56,15 +58,63 @@ redis.call('HSET', meta, 'ttl', ARGV[5])
 -- The id carries the offset, then the time kept: reads skip entries older than ttl.
 local id = string.format('%d-%d', offset, now_ms())
 local fields = {'data', ARGV[2]}
-if ARGV[7] then
-  fields[3], fields[4] = 'from', ARGV[7]
+if ARGV[9] then
+  fields[3], fields[4] = 'from', ARGV[9]
 end
-redis.call('XADD', stream, 'MAXLEN', ARGV[4], id, unpack(fields))
+redis.call('XADD', stream, id, unpack(fields))
+-- `bytes` in the meta: the running total of the stream's entries, each counted as
+-- its data's length plus a fixed overhead. An entry alone in its stream (a new
+-- history, or a stream lost without its meta) restarts the count.
+local overhead = tonumber(ARGV[8])
+local total
+local length = redis.call('XLEN', stream)
+if length == 1 then
+  total = #ARGV[2] + overhead
+  redis.call('HSET', meta, 'bytes', total)
+else
+  total = redis.call('HINCRBY', meta, 'bytes', #ARGV[2] + overhead)
+end
+-- Trim the oldest entries: first down to `size`, then while over the byte cap.
+local excess, cap, evicted = length - tonumber(ARGV[4]), tonumber(ARGV[7]), 0
+if excess > 0 or (cap > 0 and total > cap) then
+  local start, first_kept = '-', nil
+  while not first_kept do
+    local batch = redis.call('XRANGE', stream, start, '+', 'COUNT', math.max(excess, 0) + 16)
+    if #batch == 0 then
+      break
+    end
+    for _, entry in ipairs(batch) do
+      if excess <= 0 and (cap <= 0 or total <= cap) then
+        first_kept = entry[1]
+        break
+      end
+      local flat, size = entry[2], 0
+      for i = 1, #flat, 2 do
+        if flat[i] == 'data' then
+          size = #flat[i + 1]
+        end
+      end
+      total = total - size - overhead
+      if excess > 0 then
+        excess = excess - 1
+      else
+        evicted = evicted + 1
+      end
+    end
+    start = '(' .. batch[#batch][1]
+  end
+  if first_kept then
+    redis.call('XTRIM', stream, 'MINID', first_kept)
+  else
+    redis.call('DEL', stream)
+  end
+  redis.call('HSET', meta, 'bytes', math.max(total, 0))
+end
 redis.call('PEXPIRE', meta, ARGV[5])
 redis.call('PEXPIRE', stream, ARGV[5])
 local payload = '\30{"offset":' .. string.format('%d', offset) .. ARGV[3] .. '\n' .. ARGV[2]
 redis.call('PUBLISH', ARGV[1], payload)
-return {offset, epoch}
+return {offset, epoch, evicted}
 """
 )
 

@@ -25,7 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from wshub.brokers.base import BrokerEvents, BrokerState
-from wshub.brokers.redis_connections import new_subscriber
+from wshub.brokers.redis_connections import check_master, is_sentinel_url, new_subscriber
 from wshub.brokers.redis_probe import LivenessProbe, ProbeFailed
 from wshub.brokers.redis_subscriptions import CHUNK, Subscriptions, stop_tasks, wait_batch
 from wshub.brokers.redis_wire import decode_payload
@@ -146,14 +146,20 @@ class SubscriberSession:
 
     async def _session(self) -> None:
         """Run one subscriber connection until it fails; always raises."""
-        conn = new_subscriber(self._url, timeout=self._timeout)
-        reader = keeper = None
+        pool = self._client.connection_pool if self._client is not None else None
+        # A sentinel URL's subscriber finds the master through the pool's sentinels.
+        conn = new_subscriber(self._url, timeout=self._timeout, pool=pool)
+        reader = keeper = follower = None
         try:
             await conn.connect()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
             self._subs.attach(conn)
             reader = asyncio.create_task(self._read(conn), name="wshub-redis-reader")
             keeper = asyncio.create_task(self._keep(), name="wshub-redis-keeper")
-            done, _ = await asyncio.wait((reader, keeper), return_when=asyncio.FIRST_COMPLETED)
+            tasks = [reader, keeper]
+            if is_sentinel_url(self._url):
+                follower = asyncio.create_task(self._follow(conn), name="wshub-redis-follower")
+                tasks.append(follower)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()
             raise RedisConnectionError("subscriber session ended")  # pragma: no cover
@@ -161,7 +167,7 @@ class SubscriberSession:
             with contextlib.suppress(Exception):
                 await conn.disconnect(nowait=True)
             await self._subs.detach()
-            await stop_tasks(reader, keeper)
+            await stop_tasks(reader, keeper, follower)
 
     async def _keep(self) -> None:
         """Resubscribe everything, report CONNECTED, then probe the subscriber until it fails."""
@@ -174,6 +180,18 @@ class SubscriberSession:
         self._on_connected()
         assert self._client is not None  # set by start, before this task exists
         await self._probe.watch(self._client)
+
+    async def _follow(self, conn: AbstractConnection) -> None:
+        """Sentinel URLs: every probe interval, check the sentinels still name our master.
+
+        A demoted master that is still up keeps its clients until Sentinel reconfigures
+        it, and echoes our probes meanwhile; this ends the session (raising
+        `MasterMoved`) as soon as the sentinels name another master, so the next one
+        connects to it.
+        """
+        while True:
+            await asyncio.sleep(self._probe.interval)
+            await check_master(conn)
 
     def _on_connected(self) -> None:
         if self._outage_since is not None:

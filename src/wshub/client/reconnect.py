@@ -2,7 +2,9 @@
 
 Connections that end are reopened with exponential backoff and full jitter. After
 4001/4003 only with a different token from ``get_token``; a static token stops the
-client.
+client. Consecutive 4008 (slow consumer) closes grow the delay even though each
+connection was welcomed (`slow_consumer_delay`), until one stays up ``healthy_after``
+seconds.
 """
 
 from __future__ import annotations
@@ -32,6 +34,19 @@ def backoff_delay(
     return rand() * ceiling
 
 
+def slow_consumer_delay(
+    streak: int, base: float, cap: float, rand: Callable[[], float] = random.random
+) -> float:
+    """The wait after the ``streak``-th 4008 close in a row: equal jitter, so never near 0.
+
+    Uniform in [c/2, c) with c = min(cap, base * 2**(streak - 1)): 0.25-0.5 s, 0.5-1 s,
+    1-2 s, ... for base 0.5 s. A server that keeps closing with 4008 is thus reconnected
+    to a few times, not a hundred times in 10 s.
+    """
+    ceiling: float = min(cap, base * 2.0 ** min(max(streak - 1, 0), 31))
+    return ceiling / 2 + rand() * ceiling / 2
+
+
 def reconnect_policy(code: int) -> Policy:
     """After a close: ``reauth`` (4001/4003: only with a new token), ``later`` (1013/4029)
     or ``retry``."""
@@ -55,6 +70,12 @@ class ReconnectHost(Protocol):
     def backoff_base(self) -> float: ...
     @property
     def backoff_cap(self) -> float: ...
+    @property
+    def healthy_after(self) -> float: ...
+
+
+#: The close code of a slow consumer (its send queue overflowed).
+SLOW_CONSUMER = 4008
 
 
 class ReconnectLoop:
@@ -89,6 +110,8 @@ class ReconnectLoop:
         self.wake = asyncio.Event()
         self.rejected: tuple[str | None, int, str] | None = None
         self.current_token: str | None = None
+        #: 4008 closes in a row of connections that did not stay up ``healthy_after`` s.
+        self.slow_streak = 0
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -127,14 +150,20 @@ class ReconnectLoop:
     async def _run(self) -> None:
         client = self._client
         attempt = 0
+        clock = asyncio.get_running_loop().time
         while self.wanted:
             self._set_state(StateChange(ClientState.CONNECTING, attempt=attempt))
+            started = clock()
             outcome = await self._attempt()
             if outcome is None:
                 return  # stopped
             code, reason, welcomed = outcome
             client.last_close = (code, reason)
             attempt = 0 if welcomed else attempt
+            # Repeated 4008 (say, a reply the queue cannot hold): back off more each time,
+            # until a connection stays up healthy_after seconds or ends another way.
+            healthy = welcomed and clock() - started >= client.healthy_after
+            self.slow_streak = self.slow_streak + 1 if code == SLOW_CONSUMER and not healthy else 0
             if not self.wanted:
                 break
             policy = reconnect_policy(code)
@@ -146,6 +175,11 @@ class ReconnectLoop:
             delay = backoff_delay(attempt, client.backoff_base, client.backoff_cap)
             if policy == "later":
                 delay = max(delay, client.backoff_base)
+            if self.slow_streak:
+                attempt = max(attempt, self.slow_streak)
+                delay = slow_consumer_delay(
+                    self.slow_streak, client.backoff_base, client.backoff_cap
+                )
             attempt += 1
             change = StateChange(ClientState.DISCONNECTED, code, reason, True, delay, attempt)
             self._set_state(change)

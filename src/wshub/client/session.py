@@ -19,7 +19,9 @@ tests and the benchmark::
   ping interval plus ``ping_grace`` is dropped and reconnected.
 - Subscriptions survive reconnects: each channel is resubscribed with ``since`` and
   ``epoch``, recovered messages are delivered before live ones, duplicates are dropped
-  by offset, and ``on_recover`` learns whether recovery worked.
+  by offset, and ``on_recover`` learns whether recovery worked. A recovery reply with
+  ``more`` is followed by ``history`` reads of the rest, live messages held meanwhile.
+- Consecutive 4008 (slow consumer) closes back off longer each time.
 - Replies are matched to requests by id, with a timeout; requests in flight fail
   with ``disconnected`` when the connection drops.
 
@@ -95,6 +97,8 @@ class Client:
         get_token: asked before every connection and refresh, with ``True`` after a
             4001/4003; may be async.
         backoff_base, backoff_cap: reconnect delay ceilings in seconds (0.5 s doubling to 20 s).
+        healthy_after: seconds a connection must stay up for a 4008 close not to count
+            as one more in a row; 4008 closes in a row back off longer each time.
         request_timeout: seconds a request waits for its reply (and for a connection).
         connect_timeout: seconds to open the socket and receive ``welcome``.
         ping_grace: seconds of silence tolerated past the announced ping interval.
@@ -112,6 +116,7 @@ class Client:
         get_token: TokenSource | None = None,
         backoff_base: float = 0.5,
         backoff_cap: float = 20.0,
+        healthy_after: float = 10.0,
         request_timeout: float = 10.0,
         connect_timeout: float = 10.0,
         ping_grace: float = 10.0,
@@ -123,6 +128,7 @@ class Client:
     ) -> None:
         self.url, self.token, self.get_token = url, token, get_token
         self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
+        self.healthy_after = healthy_after
         self.request_timeout, self.connect_timeout = request_timeout, connect_timeout
         self.ping_grace, self.refresh_margin = ping_grace, refresh_margin
         self.on_state, self.on_error, self.on_message = on_state, on_error, on_message

@@ -107,7 +107,9 @@ class ChannelPositions:
             items = result.get("messages") or []
             fresh = [m for m in items if self.accept(channel, m.get("offset"))]
             p = self.positions.setdefault(channel, _Position(0, epoch))
-            p.offset, p.epoch = max(p.offset or 0, offset), epoch
+            # With "more", the rest up to `offset` is still to be read with `history`.
+            reached = offset if not result.get("more") else (p.offset or 0)
+            p.offset, p.epoch = max(p.offset or 0, reached), epoch
             return fresh, True
         self.positions[channel] = _Position(offset, epoch)
         return [], False if asked else None
@@ -192,6 +194,8 @@ class _Channel:
     subs: list[Subscription] = dataclasses.field(default_factory=list)
     sent_on: ClientConnection | None = None
     result: dict[str, Any] | None = None
+    #: Live ``message`` frames held while the rest of a recovery is read (None: not).
+    held: list[dict[str, Any]] | None = None
 
 
 class ChannelRegistry:
@@ -272,6 +276,7 @@ class ChannelRegistry:
         self._epoch_reads.clear()
         for entry in self._channels.values():
             entry.sent_on = None
+            entry.held = None  # not delivered, so recovered again on the next connection
 
     def stop_iterators(self) -> None:
         """The client closed: end the iteration of every subscription without a callback."""
@@ -286,6 +291,9 @@ class ChannelRegistry:
             return
         positions = self._client.positions
         entry = self._channels.get(channel)
+        if entry is not None and entry.held is not None:
+            entry.held.append(frame)  # delivered once the recovery's pages are read
+            return
         offset = frame.get("offset")
         if entry is not None and not positions.accept(
             channel, offset if isinstance(offset, int) else None
@@ -355,23 +363,94 @@ class ChannelRegistry:
     def _on_subscribe_result(self, entry: _Channel, result: dict[str, Any], asked: bool) -> None:
         positions = self._client.positions
         messages, recovered = positions.apply_subscribe(entry.name, result, asked)
-        entry.result = result
-        for item in messages:
+        self._deliver_recovered(entry, messages)
+        if recovered and result.get("more") and isinstance(result.get("offset"), int):
+            # Paginated: read the rest with `history`, holding live messages meanwhile
+            # (the server sends those after this reply, before the pages we ask for).
+            ws = entry.sent_on
+            entry.held = []
+            if ws is not None:
+                self._spawn(self._read_pages(ws, entry, result, len(messages)), "recovery")
+            return
+        self._recovery_done(entry, result, recovered, len(messages))
+
+    def _deliver_recovered(self, entry: _Channel, items: list[dict[str, Any]]) -> None:
+        for item in items:
             message = Message.from_frame(item, recovered=True)
             run_callback(self._client.on_message, message)
             for sub in list(entry.subs):
                 sub._deliver(message)
+
+    def _recovery_done(
+        self, entry: _Channel, result: dict[str, Any], recovered: bool | None, count: int
+    ) -> None:
+        positions = self._client.positions
+        entry.result = result
         for sub in list(entry.subs):
             self._subscribed(sub, result)
         if recovered is not None:
             offset, epoch = result.get("offset"), result.get("epoch")
-            recovery = Recovery(entry.name, recovered, len(messages), offset, epoch)
+            recovery = Recovery(entry.name, recovered, count, offset, epoch)
             if not recovered:
                 logger.info("wshub client: %s could not be recovered", entry.name)
             for sub in list(entry.subs):
                 run_callback(sub.on_recover, recovery)
         if positions.needs_epoch(entry.name):
             self._read_epoch(entry.name)
+
+    async def _read_pages(
+        self, ws: ClientConnection, entry: _Channel, result: dict[str, Any], count: int
+    ) -> None:
+        """Read a paginated recovery's rest with ``history``, then deliver the held live ones.
+
+        Pages are read after the last offset delivered, up to the subscribe reply's
+        ``offset``; live messages past it were held in ``entry.held`` meanwhile and
+        follow, duplicates dropped by offset. A gap (the history moved on, another
+        epoch) or a failed read ends it as not recovered.
+        """
+        positions = self._client.positions
+        target, epoch = int(result["offset"]), str(result.get("epoch") or "")
+        ok = True
+        try:
+            while True:
+                p = positions.positions.get(entry.name)
+                since = p.offset if p is not None and p.offset is not None else 0
+                if since >= target:
+                    break
+                frame = {"op": "history", "channel": entry.name, "since": since}
+                page = await self._send(ws, {**frame, "limit": target - since}, None)
+                if (
+                    self._channels.get(entry.name) is not entry
+                    or entry.sent_on is not ws
+                    or entry.held is None
+                ):
+                    return  # unsubscribed, or the connection ended: resubscribed later
+                items = page.get("messages") or []
+                first = items[0].get("offset") if items else None
+                if page.get("epoch") != epoch or (items and first != since + 1) or not items:
+                    ok = False  # lost meanwhile: too much published, expired, new epoch
+                    break
+                fresh = [m for m in items if positions.accept(entry.name, m.get("offset"))]
+                count += len(fresh)
+                self._deliver_recovered(entry, fresh)
+        except ClientError as exc:
+            if exc.code in ("disconnected", "closed"):
+                return  # recovered again on the next connection
+            self._report(exc)
+            ok = False
+        if (
+            self._channels.get(entry.name) is not entry
+            or entry.sent_on is not ws
+            or entry.held is None
+        ):
+            return
+        if not ok:
+            positions.positions[entry.name] = _Position(target, epoch)
+        # No await from here on: held live messages follow the recovered ones, in order.
+        held, entry.held = entry.held, None
+        self._recovery_done(entry, result, ok, count)
+        for frame in held:
+            self.on_message(frame)
 
     @staticmethod
     def _subscribed(sub: Subscription, result: dict[str, Any]) -> None:

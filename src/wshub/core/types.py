@@ -49,10 +49,14 @@ class HistoryOptions:
         size: publications kept (the oldest go first).
         ttl: seconds a publication is kept; the whole history (and its epoch) is
             forgotten when nothing was published for that long.
+        max_bytes: bytes kept at most, each publication counted as its data's length
+            plus a fixed overhead (`wshub.brokers.history.ENTRY_OVERHEAD`); the oldest
+            go first. 0: no cap but ``size`` (and the memory broker's budget).
     """
 
     size: int
     ttl: float
+    max_bytes: int = 0
 
 
 class BrokerState(enum.StrEnum):

@@ -6,6 +6,7 @@ Run it with ``make run`` or ``wshub serve wshub.demo:app``.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from importlib.resources import files
 from typing import Annotated, Any
@@ -13,7 +14,8 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, WebSocket
 from fastapi.responses import HTMLResponse
 
-from wshub.core.errors import BrokerUnavailable, CloseCode
+from wshub.core.errors import BrokerUnavailable, CloseCode, PublishError
+from wshub.hub.connection import Connection
 from wshub.hub.facade import Hub
 from wshub.hub.permissions import Namespace
 from wshub.ops.api import add_api
@@ -21,6 +23,8 @@ from wshub.ops.asyncapi import add_asyncapi
 from wshub.ops.metrics import add_metrics
 from wshub.server.auth import Identity
 from wshub.server.fastapi import add_health_routes, mount
+
+logger = logging.getLogger("wshub.demo")
 
 # chat:<room> keeps 100 messages for 5 minutes (recovery on reconnect) and shows
 # who is there; every other channel is open, without history or presence.
@@ -40,12 +44,18 @@ add_api(app, hub)  # /api/publish, ... when WSHUB_API_KEY is set
 
 @app.websocket("/ws/chat")
 async def chat(ws: WebSocket, who: Annotated[Identity, Depends(hub.authenticate)]) -> None:
-    """The seed tutorial's chat, unchanged on the wire: ``{"user","text"}`` in and out."""
+    """The seed tutorial's chat, unchanged on the wire: ``{"user","text"}`` in and out.
+
+    As in the seed, ``user`` and ``text`` may be any JSON values. A message that is
+    not a JSON object, or one nested too deeply to send back (past the encoder's 255
+    levels), closes the connection with 1008 and one short log line: the seed's
+    wire format has no error frame.
+    """
     async with hub.connect(ws, identity=who) as conn:
         await conn.subscribe("chat")
         async for data in conn.iter_json():
             if not isinstance(data, dict):
-                conn.close(CloseCode.POLICY_VIOLATION, "expected a JSON object")
+                _refuse(conn, "expected a JSON object")
                 break
             message = {"user": data.get("user", "anon"), "text": data.get("text", "")}
             try:
@@ -53,6 +63,15 @@ async def chat(ws: WebSocket, who: Annotated[Identity, Depends(hub.authenticate)
             except BrokerUnavailable:
                 # The seed's wire format has no error frame; the broker logs the outage.
                 continue
+            except PublishError:  # parsed, but JSON cannot carry it back: too deep
+                _refuse(conn, "message nested too deeply")
+                break
+
+
+def _refuse(conn: Connection, reason: str) -> None:
+    """Close a chat connection for a bad message with 1008, logging one short line."""
+    logger.warning("chat connection %s: %s; closed with 1008", conn.id, reason)
+    conn.close(CloseCode.POLICY_VIOLATION, reason)
 
 
 @app.get("/", response_class=HTMLResponse)

@@ -92,21 +92,24 @@ class Delivery:
         history: HistoryOptions | None,
     ) -> PublishResult:
         """Encode ``data`` once and hand it to the broker; see `Hub.publish`."""
-        await self._yield_to_writers()
         try:
             payload = encode_data(data)
         except TypeError as exc:
             raise PublishError(f"data cannot be encoded as JSON: {exc}") from None
         timed = self._time_publish(channel, payload)
+        # No await before the broker call: brokers take a publication before their
+        # first suspension, so concurrent publishes reach them in the order they began.
         try:
-            return await self.broker.publish(channel, payload, origin=origin, history=history)
+            result = await self.broker.publish(channel, payload, origin=origin, history=history)
         except BaseException:
             if timed is not None:
                 self._publish_started.pop(timed, None)
             raise
+        await self._yield_to_writers()
+        return result
 
     async def _yield_to_writers(self) -> None:
-        """Let the writers run before this publish if a queue is half full, or every 64.
+        """Let the writers run after this publish if a queue is half full, or every 64.
 
         Fan-out only enqueues, and the memory broker never awaits: a tight publish loop
         would otherwise never let writers run, and overflow (4008) the queues of clients

@@ -89,6 +89,7 @@ class Hub:
                 broker or settings.broker,
                 prefix=settings.redis_prefix,
                 probe_interval=settings.redis_probe_interval,
+                history_max_memory=settings.history_max_memory,
             )
         self.broker = broker
         self.auth = auth if auth is not None else default_authenticator(settings)

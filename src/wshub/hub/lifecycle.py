@@ -3,6 +3,10 @@
 - start and close: the broker, the broadcast subscription, the background loops;
 - attach and detach: a connection enters the registry under the limits, and leaves
   every registry, whatever ended it;
+- two connection pools: a connection attached as `UNAUTHENTICATED` (the protocol
+  endpoint waiting for a ``connect`` frame) counts against ``max_unauthenticated``,
+  not ``max_connections``, until `identify` moves it to the main pool, so that
+  sockets that never authenticate cannot take an authenticated user's slot;
 - the heartbeat loop (pings, pong deadlines: 4009) and token expiry (4001);
 - shutdown: refuse new connections, drain every queue, close with 1001, and cancel
   handlers that never return, so that shutdown is bounded.
@@ -32,6 +36,14 @@ from wshub.settings import Settings
 
 logger = logging.getLogger("wshub.hub")
 
+#: The ``identity`` to attach a connection with while it has yet to authenticate (see
+#: `Lifecycle.attach`). Compared by identity (``is``): it equals `Identity()`.
+UNAUTHENTICATED = Identity()
+
+#: The close reasons of the two connection caps (both with 1013).
+TOO_MANY_CONNECTIONS = "too many connections"
+TOO_MANY_UNAUTHENTICATED = "too many unauthenticated connections"
+
 
 class Lifecycle:
     """Start, close and shutdown of one hub, and its connections' attach and detach.
@@ -49,6 +61,10 @@ class Lifecycle:
         draining: new connections are refused (shutting down).
         heartbeats: the connections that get app-level pings.
         expiring: the connections whose credentials expire.
+        authenticated: the main pool, capped by ``max_connections``: every registered
+            connection not attached as `UNAUTHENTICATED`, and those that identified since.
+        unauthenticated: the connections attached as `UNAUTHENTICATED` and not
+            identified yet, oldest first, capped by ``max_unauthenticated``.
     """
 
     def __init__(
@@ -70,6 +86,8 @@ class Lifecycle:
         self.draining = False
         self.heartbeats: dict[Connection, None] = {}
         self.expiring: dict[Connection, None] = {}
+        self.authenticated: dict[Connection, None] = {}
+        self.unauthenticated: dict[Connection, None] = {}
         self._emptied: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -137,7 +155,15 @@ class Lifecycle:
     async def attach(
         self, conn: Connection, subprotocol: str | None, heartbeat: bool, identity: Identity | None
     ) -> None:
-        """Accept ``conn`` and register it, or close it at a limit (1013) or at shutdown."""
+        """Accept ``conn`` and register it, or close it at a limit (1013) or at shutdown.
+
+        With ``identity`` `UNAUTHENTICATED` the connection joins the unauthenticated
+        pool: at ``max_unauthenticated`` its oldest member is closed with 1013 "too
+        many unauthenticated connections" to make room (a flood of silent sockets
+        churns through the pool instead of locking newcomers out). Otherwise it joins
+        the main pool, where past ``max_connections`` the newcomer gets 1013 "too many
+        connections"; unauthenticated sockets never count there.
+        """
         if not self.started:
             raise RuntimeError(
                 "the hub is not started: create the app with FastAPI(lifespan=hub.lifespan)"
@@ -146,36 +172,59 @@ class Lifecycle:
         if self.draining:
             conn.close(CloseCode.GOING_AWAY, "server shutting down")
             return
-        connections = self.registry.connections
-        if len(connections) >= self.settings.max_connections:
+        pending = identity is UNAUTHENTICATED
+        if pending:
+            self._make_room_for_unauthenticated()
+            self.unauthenticated[conn] = None
+        elif len(self.authenticated) >= self.settings.max_connections:
             self.stats.refused += 1
-            conn.close(CloseCode.TRY_AGAIN_LATER, "too many connections")
+            conn.close(CloseCode.TRY_AGAIN_LATER, TOO_MANY_CONNECTIONS)
             return
+        else:
+            self.authenticated[conn] = None
         self.stats.connections += 1
-        connections[conn.id] = conn
+        self.registry.connections[conn.id] = conn
         assert self._emptied is not None
         self._emptied.clear()
         if heartbeat:
             conn.heartbeat = True
             conn.ping_due = asyncio.get_running_loop().time() + self.settings.ping_interval
             self.heartbeats[conn] = None
-        if identity is not None:
+        if identity is not None and not pending:
             await self.identify(conn, identity)
         if conn.state is ConnectionState.OPEN:
             log_connected(conn)
+
+    def _make_room_for_unauthenticated(self) -> None:
+        """At ``max_unauthenticated``, close the oldest unauthenticated connections (1013)."""
+        limit = self.settings.unauthenticated_limit()
+        while len(self.unauthenticated) >= limit:
+            oldest = next(iter(self.unauthenticated))
+            del self.unauthenticated[oldest]
+            self.stats.refused += 1
+            oldest.close(CloseCode.TRY_AGAIN_LATER, TOO_MANY_UNAUTHENTICATED, drain=False)
 
     async def identify(self, conn: Connection, identity: Identity) -> bool:
         """Bind an open connection to the identity it authenticated as.
 
         Registers it for `send_to_user` and for expiry (4001 "token expired" at
-        ``identity.expires_at``), and applies ``max_connections_per_user``.
+        ``identity.expires_at``), and applies ``max_connections_per_user``. A
+        connection attached as `UNAUTHENTICATED` moves to the main pool first, under
+        ``max_connections``.
 
         Returns:
-            False when the connection was closed instead (1013: too many connections
-            for this user) or is not open.
+            False when the connection was closed instead (1013: too many connections,
+            or too many for this user) or is not open.
         """
         if conn.state is not ConnectionState.OPEN:
             return False
+        if conn in self.unauthenticated:
+            del self.unauthenticated[conn]
+            if len(self.authenticated) >= self.settings.max_connections:
+                self.stats.refused += 1
+                conn.close(CloseCode.TRY_AGAIN_LATER, TOO_MANY_CONNECTIONS)
+                return False
+            self.authenticated[conn] = None
         conn.info = identity.info
         self.set_expiry(conn, identity.expires_at)
         if identity.user is None:
@@ -204,6 +253,8 @@ class Lifecycle:
         a connection count of zero means that nothing of any connection is left.
         """
         self.stats.closes[conn.close_code or CloseCode.NORMAL] += 1
+        self.authenticated.pop(conn, None)
+        self.unauthenticated.pop(conn, None)
         connections = self.registry.connections
         if conn.id not in connections:
             # Never registered: refused by a limit (1013) or while shutting down (1001).

@@ -54,6 +54,9 @@ class Namespace:
         publish: who may publish.
         history_size: publications kept for recovery (0: no history).
         history_ttl: seconds publications are kept.
+        history_max_bytes: bytes of history kept per channel at most (each publication
+            counts its data's length plus 256), the oldest dropped first; 0 or None: no
+            cap but ``history_size`` and the memory broker's ``history_max_memory``.
         presence: track who is in each channel.
         join_leave: send join/leave frames to subscribers.
     """
@@ -62,6 +65,7 @@ class Namespace:
     publish: Access = Access.ANY
     history_size: int = 0
     history_ttl: float = 0.0
+    history_max_bytes: int | None = 1024 * 1024
     presence: bool = False
     join_leave: bool = False
 
@@ -70,6 +74,8 @@ class Namespace:
         # refuse it here rather than let recovery fail quietly later.
         if self.history_size < 0 or self.history_ttl < 0:
             raise ValueError("history_size and history_ttl cannot be negative")
+        if self.history_max_bytes is not None and self.history_max_bytes < 0:
+            raise ValueError("history_max_bytes cannot be negative (0 or None: no cap)")
         if self.history_size > 0 and self.history_ttl <= 0:
             raise ValueError("a namespace that keeps history needs history_ttl > 0 (seconds)")
 

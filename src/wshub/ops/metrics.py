@@ -31,6 +31,7 @@ rate_limited_frames_total               counter    client frames refused by the 
 broker_state{state}                     gauge      1 for the broker's state (processes, summed)
 broker_reconnects_total                 counter    broker connections re-established
 broker_probe_failures_total             counter    broker liveness probes that failed
+history_evictions_total                 counter    history entries evicted by a byte cap or budget
 send_queue_depth                        histogram  frames queued per connection, sampled *
 publish_enqueue_seconds                 histogram  Hub.publish to enqueued for local members
 ======================================  =========  =====================================
@@ -130,6 +131,9 @@ class Instruments:
         self.rate_limited = counter("wshub_rate_limited_frames", "Frames refused: rate limit.")
         self.reconnects = counter("wshub_broker_reconnects", "Broker connections re-established.")
         self.probe_failures = counter("wshub_broker_probe_failures", "Broker probes failed.")
+        self.history_evictions = counter(
+            "wshub_history_evictions", "History entries evicted by history_max_bytes/memory."
+        )
         self.queue_depth = Histogram(
             "wshub_send_queue_depth",
             "Frames queued per connection, sampled at each scrape or sync.",
@@ -228,6 +232,7 @@ class HubMetrics:
             (ins.rate_limited, (), stats.rate_limited),
             (ins.reconnects, (), getattr(hub.broker, "reconnects", 0)),
             (ins.probe_failures, (), getattr(hub.broker, "probe_failures", 0)),
+            (ins.history_evictions, (), getattr(hub.broker, "history_evictions", 0)),
         )
         yield from _labelled(ins.dropped, drops)
         yield from _labelled(ins.closes, _relabel(stats.closes, close_code_label))

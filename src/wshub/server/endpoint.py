@@ -10,6 +10,8 @@ Authentication, when the hub has an authenticator: a token in the handshake
 the first frame must be ``{"op":"connect","token":...}`` within ``auth_timeout``
 (``{"op":"connect"}`` without a token, or any other first frame, is let in as
 anonymous only when anonymous access is allowed). Failures close with 4001.
+Until it has authenticated, such a connection counts against ``max_unauthenticated``,
+not ``max_connections`` (see `wshub.hub.lifecycle`).
 Without an authenticator every connection is anonymous and ``welcome`` comes
 at once; a ``connect`` frame after ``welcome`` is a no-op.
 """
@@ -31,15 +33,16 @@ from wshub.core.protocol import (
     Op,
     error_reply,
     parse_command,
-    publication_object,
     reply,
     welcome,
 )
 from wshub.hub.connection import Connection, ConnectionState
 from wshub.hub.connection_log import log_identified, log_refused
 from wshub.hub.facade import Hub
+from wshub.hub.lifecycle import UNAUTHENTICATED
 from wshub.hub.reader import Message
 from wshub.server.auth import ANONYMOUS, AuthError, Identity
+from wshub.server.publish_lane import PublishLane
 
 logger = logging.getLogger("wshub.endpoint")
 
@@ -80,7 +83,7 @@ class ProtocolEndpoint:
             return
         context = self.hub.connect(
             websocket,
-            identity=identity,
+            identity=UNAUTHENTICATED if identity is None else identity,
             codec=codec,
             subprotocol=subprotocol,
             heartbeat=True,
@@ -108,20 +111,26 @@ class ProtocolEndpoint:
         s = self.hub.settings
         clock = asyncio.get_running_loop().time
         bucket = TokenBucket(s.rate_limit, s.rate_burst, clock())
-        while True:
-            message = await conn.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            if bucket.take(clock()):
-                await self.handle(conn, message)
-                continue
-            self.hub.stats.rate_limited += 1
-            if bucket.strikes >= s.rate_limit_strikes:
-                # Drain: the replies and `rate_limited` errors queued so far are what tell the
-                # client why it is closed (close_timeout bounds the flush for one not reading).
-                conn.close(CloseCode.RATE_LIMITED, "rate limited: too many frames")
-                return
-            conn.send(error_reply(None, ErrorCode.RATE_LIMITED, "too many frames; slow down"))
+        lane = PublishLane(s.publish_pipeline_depth)
+        try:
+            while True:
+                message = await conn.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                if bucket.take(clock()):
+                    await self.handle(conn, message, lane)
+                    continue
+                self.hub.stats.rate_limited += 1
+                if bucket.strikes >= s.rate_limit_strikes:
+                    # Drain: the replies and `rate_limited` errors queued so far tell the client
+                    # why it is closed (close_timeout bounds the flush for one not reading).
+                    await lane.drain()
+                    conn.close(CloseCode.RATE_LIMITED, "rate limited: too many frames")
+                    return
+                await lane.drain()  # answers go out in frame order, refusals included
+                conn.send(error_reply(None, ErrorCode.RATE_LIMITED, "too many frames; slow down"))
+        finally:
+            await lane.close()
 
     async def _handshake_identity(self, websocket: WebSocket) -> Identity | None:
         """The identity the handshake settles, or None to wait for a ``connect`` frame."""
@@ -152,6 +161,8 @@ class ProtocolEndpoint:
         try:
             message = await asyncio.wait_for(conn.receive(), self.hub.settings.auth_timeout)
         except TimeoutError:
+            if conn.state is not ConnectionState.OPEN:
+                return None  # closed meanwhile (to make room for newer unauthenticated ones)
             if auth.allow_anonymous:
                 return ANONYMOUS, None
             self._unauthorized(conn, "authentication timeout")
@@ -186,25 +197,51 @@ class ProtocolEndpoint:
         self.hub.stats.auth_failed(reason)
         conn.close(CloseCode.UNAUTHORIZED, reason, drain=False)
 
-    async def handle(self, conn: Connection, message: dict[str, Any]) -> None:
-        """Decode, run and answer one client message. Never raises for bad input."""
-        request_id: int | str | None = None
-        command: Command | None = None
+    async def handle(
+        self, conn: Connection, message: dict[str, Any], lane: PublishLane | None = None
+    ) -> None:
+        """Decode, run and answer one client message. Never raises for bad input.
+
+        With a ``lane``, a publish is checked now, in frame order, and then sent on
+        in the lane, so that the next frames are read while it is on its way; any
+        other op first waits for the lane to drain (see `PublishLane`).
+        """
         try:
             command = parse_command(conn.codec.decode(message.get("text"), message.get("bytes")))
-            request_id = command.id
-            result = await self._handlers[command.op](conn, command)
+        except ProtocolError as exc:
+            conn.send(error_reply(exc.request_id, exc.code, exc.message))
+            return
+        if lane is None or command.op is not Op.PUBLISH:
+            if lane is not None and lane:
+                await lane.drain()
+            await self._answer(conn, command, self._handlers[command.op](conn, command))
+        elif await self._answer(
+            conn, command, self._check_publish(conn, command), send_result=False
+        ):
+            await lane.start(self._answer(conn, command, self._publish(conn, command)))
+
+    async def _answer(
+        self, conn: Connection, command: Command, run: Awaitable[Result], send_result: bool = True
+    ) -> bool:
+        """Await ``run`` and send its result (or the error it raised) to the client.
+
+        Returns:
+            Whether ``run`` succeeded.
+        """
+        request_id = command.id
+        try:
+            result = await run
         except ProtocolError as exc:
             # Errors raised past parsing (hub limits, permissions) do not know the id.
             error_id = request_id if exc.request_id is None else exc.request_id
             conn.send(error_reply(error_id, exc.code, exc.message))
-            return
+            return False
         except BrokerUnavailable as exc:
             conn.send(error_reply(request_id, ErrorCode.UNAVAILABLE, str(exc) or "broker down"))
-            return
+            return False
         except Exception:
             # The op and channel give the context; the frame itself may carry a token.
-            op, channel = (None, None) if command is None else (command.op.value, command.channel)
+            op, channel = command.op.value, command.channel
             logger.exception(
                 "connection %s (user %s): internal error in %s on channel %s",
                 conn.id,
@@ -214,9 +251,10 @@ class ProtocolEndpoint:
                 extra={"connection": conn.id, "user": conn.user, "op": op, "channel": channel},
             )
             conn.send(error_reply(request_id, ErrorCode.INTERNAL, "internal error"))
-            return
-        if request_id is not None and result is not None:
+            return False
+        if send_result and request_id is not None and result is not None:
             conn.send(reply(request_id, result))
+        return True
 
     async def handle_subscribe(self, conn: Connection, command: Command) -> Result:
         """``subscribe``: join a channel; with ``since``, recover what was missed.
@@ -247,8 +285,17 @@ class ProtocolEndpoint:
 
     async def handle_publish(self, conn: Connection, command: Command) -> Result:
         """``publish``: send data to every member of a channel, in every process."""
+        await self._check_publish(conn, command)
+        return await self._publish(conn, command)
+
+    async def _check_publish(self, conn: Connection, command: Command) -> Result:
         assert command.channel is not None
         await self.hub.permissions.check_publish(conn.user, command.channel, command.data)
+        return None
+
+    async def _publish(self, conn: Connection, command: Command) -> Result:
+        # Nothing awaits before the broker has the publication: see `PublishLane`.
+        assert command.channel is not None
         try:
             result = await self.hub.publish(command.channel, command.data, origin=conn.id)
         except PublishError as exc:
@@ -295,9 +342,5 @@ class ProtocolEndpoint:
         channel = command.channel
         assert channel is not None
         await self.hub.permissions.check_subscribe(conn.user, channel)
-        page = await self.hub.history(channel, since=command.since, limit=command.limit)
-        return {
-            "offset": page.position.offset,
-            "epoch": page.position.epoch,
-            "messages": [publication_object(channel, p) for p in page.publications],
-        }
+        # Paginated to fit the send queue: "more": true when the rest was cut off.
+        return await self.hub.recovery.history_reply(conn, channel, command.since, command.limit)

@@ -19,6 +19,7 @@
  *   then only once `getToken` hands out a different token (a static token stops);
  * - answers `ping` with `pong`, and drops a connection that stays silent for longer
  *   than the announced ping interval plus `pingGrace`;
+ * - backs off longer after each 4008 (slow consumer) close in a row (`healthyAfter`);
  * - resubscribes after a reconnect with `since`/`epoch` per channel, delivers the
  *   recovered messages before live ones, drops duplicates by offset, and tells the
  *   application when recovery failed (`onRecover`, event "recovery");
@@ -40,6 +41,8 @@ export const PROTOCOL = "wshub.v1.json";
  *   asked for a token before every connection and refresh; `rejected` is true after a 4001/4003.
  * @property {number} [backoffBase] first reconnect delay ceiling, in ms (500).
  * @property {number} [backoffCap] largest reconnect delay ceiling, in ms (20000).
+ * @property {number} [healthyAfter] ms a connection must stay up for a 4008 close not to
+ *   count as one more in a row (10000); 4008 closes in a row back off longer each time.
  * @property {number} [requestTimeout] ms before a request without reply is rejected (10000).
  * @property {number} [connectTimeout] ms to open the socket and get `welcome` (10000).
  * @property {number} [pingGrace] ms of silence tolerated past the announced ping interval (10000).
@@ -132,6 +135,20 @@ export class WshubError extends Error {
 export function backoffDelay(attempt, base, cap, random = Math.random) {
   const ceiling = Math.min(cap, base * 2 ** Math.min(attempt, 31));
   return Math.floor(random() * ceiling);
+}
+
+/**
+ * The wait after the `streak`-th 4008 (slow consumer) close in a row: equal jitter,
+ * uniform in [c/2, c) with c = min(cap, base * 2^(streak - 1)), so never near 0.
+ * @param {number} streak 1 for the first 4008 close.
+ * @param {number} base ms
+ * @param {number} cap ms
+ * @param {() => number} [random]
+ * @returns {number} ms
+ */
+export function slowConsumerDelay(streak, base, cap, random = Math.random) {
+  const ceiling = Math.min(cap, base * 2 ** Math.min(Math.max(streak - 1, 0), 31));
+  return Math.floor(ceiling / 2 + random() * (ceiling / 2));
 }
 
 /**
@@ -273,7 +290,8 @@ export class ChannelPositions {
     if (asked && result.recovered) {
       const fresh = (result.messages ?? []).filter((m) => this.accept(channel, m.offset));
       const p = this.map.get(channel) ?? { offset: 0, epoch };
-      p.offset = Math.max(p.offset ?? 0, result.offset);
+      // With `more`, the rest up to `offset` is still to be read with `history`.
+      p.offset = Math.max(p.offset ?? 0, result.more ? (p.offset ?? 0) : result.offset);
       p.epoch = epoch;
       this.map.set(channel, p);
       return { messages: fresh, recovered: true };
@@ -288,6 +306,7 @@ export class ChannelPositions {
 const DEFAULTS = {
   backoffBase: 500,
   backoffCap: 20000,
+  healthyAfter: 10000,
   requestTimeout: 10000,
   connectTimeout: 10000,
   pingGrace: 10000,
@@ -368,6 +387,11 @@ export class Client {
     this._generation = 0;
     this._nextId = 1;
     this._attempt = 0;
+    /** 4008 closes in a row of connections that did not stay up `healthyAfter` ms. */
+    this._slowStreak = 0;
+    this._welcomedAt = 0;
+    /** @type {Map<string, any[]>} live message frames held while a recovery's pages are read */
+    this._held = new Map();
     this._wanted = false;
     /** @type {string | null | undefined} the token of the current connection */
     this._token = undefined;
@@ -582,6 +606,12 @@ export class Client {
     for (const name of ["connect", "watchdog", "refresh"]) this._clearTimer(name);
     this._failPending(new WshubError("disconnected", `connection closed (${code} ${reason})`), false);
     this._epochReads.clear();
+    this._held.clear(); // not delivered: recovered again on the next connection
+    // Repeated 4008 (say, a reply the queue cannot hold): back off longer each time,
+    // until a connection stays up healthyAfter ms or ends another way.
+    const healthy = this._welcomedAt > 0 && Date.now() - this._welcomedAt >= this.options.healthyAfter;
+    this._slowStreak = code === 4008 && !healthy ? this._slowStreak + 1 : 0;
+    this._welcomedAt = 0;
     for (const subs of this._channels.values()) {
       for (const sub of subs) if (sub.state === "subscribed") sub.state = "subscribing";
     }
@@ -607,8 +637,13 @@ export class Client {
    */
   _scheduleReconnect(code, reason, policy) {
     const { backoffBase, backoffCap, random } = this.options;
-    let delay = backoffDelay(this._attempt++, backoffBase, backoffCap, random);
+    let delay = backoffDelay(this._attempt, backoffBase, backoffCap, random);
     if (policy === "later") delay = Math.max(delay, backoffBase);
+    if (this._slowStreak) {
+      this._attempt = Math.max(this._attempt, this._slowStreak);
+      delay = slowConsumerDelay(this._slowStreak, backoffBase, backoffCap, random);
+    }
+    this._attempt++;
     this._setState("disconnected", { code, reason, reconnect: true, delay, attempt: this._attempt });
     this._setTimer("reconnect", delay, () => void this._open());
   }
@@ -677,6 +712,7 @@ export class Client {
     this._clearTimer("connect");
     this.welcome = frame;
     this._attempt = 0;
+    this._welcomedAt = Date.now();
     this._rejected = null;
     this._setState("connected", {});
     this._emit("welcome", frame);
@@ -702,6 +738,11 @@ export class Client {
 
   /** @param {any} frame */
   _onMessage(frame) {
+    const held = this._held.get(frame.channel);
+    if (held) {
+      held.push(frame); // delivered once the recovery's pages are read
+      return;
+    }
     const subs = this._channels.get(frame.channel);
     if (subs && !this.positions.accept(frame.channel, frame.offset)) return; // a duplicate
     const message = toMessage(frame, false);
@@ -765,17 +806,76 @@ export class Client {
    */
   _onSubscribeResult(channel, result, asked) {
     const { messages, recovered } = this.positions.applySubscribe(channel, result, asked);
-    this._results.set(channel, result);
+    this._deliverRecovered(channel, messages);
+    if (recovered && result.more && typeof result.offset === "number") {
+      // Paginated: read the rest with `history`, holding live messages meanwhile (the
+      // server sends those after this reply, before the pages asked for below).
+      this._held.set(channel, []);
+      void this._readPages(channel, result, messages.length, this._generation);
+      return;
+    }
+    this._recoveryDone(channel, result, recovered, messages.length);
+  }
+
+  /** @param {string} channel @param {any[]} items */
+  _deliverRecovered(channel, items) {
     const subs = [...(this._channels.get(channel) ?? [])];
-    for (const item of messages) {
+    for (const item of items) {
       const message = toMessage(item, true);
       this._emit("message", message);
       for (const sub of subs) this._call(sub.handlers.onMessage, message);
     }
+  }
+
+  /**
+   * Read a paginated recovery's rest with `history` (after the last offset delivered,
+   * up to the subscribe reply's `offset`), then deliver the live messages held
+   * meanwhile, duplicates dropped by offset. A gap (the history moved on, another
+   * epoch) or a failed read ends it as not recovered.
+   * @param {string} channel @param {any} result @param {number} count @param {number} generation
+   */
+  async _readPages(channel, result, count, generation) {
+    const target = result.offset;
+    const epoch = result.epoch ?? "";
+    const current = () => generation === this._generation && this._held.has(channel);
+    let ok = true;
+    try {
+      for (;;) {
+        const since = this.positions.get(channel)?.offset ?? 0;
+        if (since >= target) break;
+        const page = await this.request({ op: "history", channel, since, limit: target - since });
+        if (!current()) return; // unsubscribed, or the connection ended: resubscribed later
+        const items = page.messages ?? [];
+        if (page.epoch !== epoch || !items.length || items[0].offset !== since + 1) {
+          ok = false; // lost meanwhile: too much published, expired, or a new epoch
+          break;
+        }
+        const fresh = items.filter((/** @type {any} */ m) => this.positions.accept(channel, m.offset));
+        count += fresh.length;
+        this._deliverRecovered(channel, fresh);
+      }
+    } catch (error) {
+      if (!current()) return;
+      this._emit("error", error);
+      ok = false;
+    }
+    if (!current()) return;
+    if (!ok) this.positions.map.set(channel, { offset: target, epoch });
+    // Synchronously from here: the held live messages follow the recovered ones.
+    const held = this._held.get(channel) ?? [];
+    this._held.delete(channel);
+    this._recoveryDone(channel, result, ok, count);
+    for (const frame of held) this._onMessage(frame);
+  }
+
+  /** @param {string} channel @param {any} result @param {boolean | undefined} recovered @param {number} count */
+  _recoveryDone(channel, result, recovered, count) {
+    this._results.set(channel, result);
+    const subs = [...(this._channels.get(channel) ?? [])];
     for (const sub of subs) this._subscribed(sub, result);
     if (recovered !== undefined) {
       /** @type {Recovery} */
-      const recovery = { channel, recovered, count: messages.length, offset: result.offset, epoch: result.epoch };
+      const recovery = { channel, recovered, count, offset: result.offset, epoch: result.epoch };
       this._emit("recovery", recovery);
       if (!recovered) this._emit("recoveryFailed", recovery);
       for (const sub of subs) this._call(sub.handlers.onRecover, recovery);
@@ -797,6 +897,7 @@ export class Client {
     if (!subs || !subs.delete(sub) || subs.size) return;
     this._channels.delete(sub.channel);
     this._results.delete(sub.channel);
+    this._held.delete(sub.channel);
     this.positions.delete(sub.channel);
     if (this.state === "connected") this.request({ op: "unsubscribe", channel: sub.channel }).catch(() => {});
   }

@@ -1,0 +1,143 @@
+"""The publish pipeline: commands waiting at the same moment go to Redis in one write.
+
+Each publish used to be its own round trip on a pooled connection. A publisher
+that has several publishes in flight (one client sending a burst, or many clients
+at once) then paid one round trip each, and, worse for fan-out, Redis sent each
+publication to the subscribers on its own, so every process wrote to each of its
+sockets once per publication instead of once per burst.
+
+`PublishPipeline.submit` queues a command and returns a future, synchronously:
+the order of `submit` calls is the order Redis runs the commands in. Commands
+queued during one loop iteration, and those queued while a batch is on the wire,
+go out as the next batch: one pipelined write on one connection, replies matched
+to requests by position. Batches run one after another, never side by side, so
+order holds across batches too: the per-channel order of a publisher's publishes
+is the order of its `submit` calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError, RedisError
+
+#: Commands in one pipelined write, at most: a batch bounds its own memory and latency.
+MAX_BATCH = 512
+
+Command = tuple[Any, ...]
+
+
+class PublishPipeline:
+    """Ordered, batched execution of publish commands on a connection pool.
+
+    Args:
+        client: the pool the batches run on.
+        scripts: Lua sources by SHA1, for EVALSHA commands that meet a Redis that
+            lost its script cache (restart, SCRIPT FLUSH): those are run again with
+            EVAL, in their order (NOSCRIPT means they did not run).
+    """
+
+    def __init__(self, client: Redis, scripts: dict[str, str] | None = None) -> None:
+        self._client = client
+        self._scripts = scripts or {}
+        self._pending: list[tuple[Command, asyncio.Future[Any]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def submit(self, *command: Any) -> asyncio.Future[Any]:
+        """Queue ``command`` (e.g. ``"PUBLISH", channel, payload``) for the next batch.
+
+        Returns:
+            A future resolved with the command's reply, or with the `RedisError` that
+            failed it (the whole batch fails together when its connection does).
+        """
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((command, future))
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._drain(), name="wshub-redis-publish"
+            )
+        return future
+
+    async def close(self) -> None:
+        """Stop sending; fail the commands still waiting."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._fail(self._pending, RedisError("the Redis broker is closed"))
+        self._pending = []
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch = self._pending[:MAX_BATCH]
+                del self._pending[:MAX_BATCH]
+                await self._run(batch)
+        finally:
+            self._task = None
+
+    async def _run(self, batch: list[tuple[Command, asyncio.Future[Any]]]) -> None:
+        try:
+            replies = await self._execute([command for command, _ in batch])
+        except asyncio.CancelledError:
+            self._fail(batch, RedisError("the Redis broker is closed"))
+            raise
+        except RedisError as exc:
+            self._fail(batch, exc)
+            return
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            await self._rerun_with_source(batch, replies, missing)
+        for (_, future), reply in zip(batch, replies, strict=True):
+            if future.done():
+                continue
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+    async def _execute(self, commands: Sequence[Command]) -> list[Any]:
+        if len(commands) == 1:
+            # One command: no pipeline object, no list of one (the common idle case).
+            try:
+                return [await self._client.execute_command(*commands[0])]  # type: ignore[no-untyped-call]
+            except NoScriptError as exc:
+                return [exc]
+        pipe = self._client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return list(await pipe.execute(raise_on_error=False))
+
+    async def _rerun_with_source(
+        self,
+        batch: list[tuple[Command, asyncio.Future[Any]]],
+        replies: list[Any],
+        missing: list[int],
+    ) -> None:
+        # Only EVALSHA commands fail with NOSCRIPT, and for one script all of them do,
+        # so re-running those in order keeps each history channel's order.
+        rerun: list[Command] = []
+        for i in missing:
+            command = batch[i][0]
+            source = self._scripts.get(str(command[1]))
+            if source is None:
+                rerun.append(command)  # unknown script: its NOSCRIPT error stands
+            else:
+                rerun.append(("EVAL", source, *command[2:]))
+        try:
+            again = await self._execute(rerun)
+        except RedisError as exc:
+            again = [exc] * len(rerun)
+        for i, reply in zip(missing, again, strict=True):
+            replies[i] = reply
+
+    @staticmethod
+    def _fail(batch: list[tuple[Command, asyncio.Future[Any]]], exc: Exception) -> None:
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(exc)
