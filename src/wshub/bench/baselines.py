@@ -4,7 +4,8 @@
   ``await send_json`` one client after another;
 - `seed_once_app`: the same manager encoding each message once (``send_text``);
 - `bare_app`: an endpoint that only accepts and waits (memory per connection);
-- `socketio_app`: python-socketio broadcasting to a room (one task per recipient);
+- `socketio_app`: python-socketio broadcasting to a room (one task per recipient),
+  optionally on its Redis manager;
 - `serve_websockets`: a raw ``websockets`` server using ``websockets.broadcast()``,
   the practical ceiling for one Python process writing one frame per delivery.
 
@@ -71,10 +72,12 @@ async def _bare(ws: WebSocket) -> None:
         return
 
 
-def _socketio_app() -> Any:
+def _socketio_app(redis_url: str | None) -> Any:
     import socketio
 
-    sio = socketio.AsyncServer(async_mode="asgi", cors_allowed_origins="*")
+    # With Redis, python-socketio's own multi-process setup: AsyncRedisManager.
+    manager = None if redis_url is None else socketio.AsyncRedisManager(redis_url)
+    sio = socketio.AsyncServer(async_mode="asgi", cors_allowed_origins="*", client_manager=manager)
 
     @sio.event
     async def connect(sid: str, environ: dict[str, Any]) -> None:
@@ -87,9 +90,14 @@ def _socketio_app() -> Any:
     return socketio.ASGIApp(sio)
 
 
-def socketio_app() -> Any:
-    """The python-socketio baseline as an ASGI app (built lazily: optional dependency)."""
-    return _socketio_app()
+def socketio_app(redis_url: str | None = None) -> Any:
+    """The python-socketio baseline as an ASGI app (built lazily: optional dependency).
+
+    Args:
+        redis_url: run on ``AsyncRedisManager`` over this Redis, as python-socketio
+            does past one process; None: its in-process manager.
+    """
+    return _socketio_app(redis_url)
 
 
 async def serve_websockets(host: str, port: int) -> None:

@@ -315,9 +315,13 @@ def redis_server() -> Iterator[str]:
 
 
 async def redis_fanout(target: Target, options: Options) -> Result:
-    """Run ``fanout`` over ``options.workers`` processes sharing a fresh Redis."""
-    if target.name != "wshub":
-        raise ValueError("the redis scenario measures wshub's protocol endpoint")
+    """Run ``fanout`` over ``options.workers`` processes sharing a fresh Redis.
+
+    Also what ``fanout`` does for targets that need a Redis (``wshub-redis``,
+    ``socketio-redis``), so that ``compare`` puts them beside the in-process rows.
+    """
+    if target.name not in ("wshub", "wshub-redis", "socketio-redis"):
+        raise ValueError(f"the redis scenario runs wshub or socketio-redis, not {target.name}")
     with redis_server() as url:
         result = await fanout(target, dataclasses.replace(options, broker=url))
     result.scenario = f"redis x{options.workers}"
@@ -330,7 +334,9 @@ def run(scenario: str, target: Target, options: Options) -> Result:
 
     _pin_generator()
     runners = {
-        "fanout": lambda: fanout(target, options),
+        "fanout": lambda: (
+            redis_fanout(target, options) if target.redis else fanout(target, options)
+        ),
         "slow": lambda: fanout(target, options, slow=True),
         "rooms": lambda: rooms(target, options),
         "idle": lambda: idle(target, options),

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
-    if args.target == "wshub":
+    if args.target in ("wshub", "wshub-redis"):
         from wshub.server.serve import run
         from wshub.settings import Settings
 
@@ -48,10 +48,11 @@ def main(argv: list[str] | None = None) -> None:
         uvloop.run(serve_websockets("127.0.0.1", args.port))
     else:
         app: Any = _APPS.get(args.target)
-        if args.target == "socketio":
+        if args.target in ("socketio", "socketio-redis"):
             from wshub.bench.baselines import socketio_app
 
-            app = socketio_app()
+            redis_url = os.environ.get("WSHUB_BROKER") if args.target != "socketio" else None
+            app = socketio_app(redis_url)
         if app is None:
             parser.error(f"unknown target {args.target!r}")
         uvicorn.run(

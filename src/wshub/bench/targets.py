@@ -30,6 +30,7 @@ class Target:
         ready: bytes in a frame that confirm the subscription (None: ready at connect).
         socketio: speaks Engine.IO/Socket.IO framing.
         rooms: supports subscribing to a channel of its choice.
+        redis: runs on a throwaway Redis that the run starts (its URL in ``WSHUB_BROKER``).
     """
 
     name: str
@@ -42,6 +43,7 @@ class Target:
     ready: bytes | None = None
     socketio: bool = False
     rooms: bool = False
+    redis: bool = False
 
 
 def _uvicorn(app: str) -> tuple[str, ...]:
@@ -64,6 +66,18 @@ TARGETS: dict[str, Target] = {
             sample=re.compile(rb'"m":"(\d+)\.(\d+)"'),
             ready=b'"result"',
             rooms=True,
+        ),
+        Target(
+            name="wshub-redis",
+            command=_uvicorn("wshub"),
+            path="/ws",
+            subscribe='{{"op":"subscribe","id":1,"channel":"{channel}"}}',
+            publish='{{"op":"publish","channel":"{channel}","data":{{"m":"{seq}.{t}","p":"{pad}"}}}}',
+            marker=b'"op":"message"',
+            sample=re.compile(rb'"m":"(\d+)\.(\d+)"'),
+            ready=b'"result"',
+            rooms=True,
+            redis=True,
         ),
         Target(
             name="wshub-chat",
@@ -93,6 +107,17 @@ TARGETS: dict[str, Target] = {
             marker=b'42["message"',
             sample=re.compile(rb'"m":"(\d+)\.(\d+)"'),
             socketio=True,
+        ),
+        Target(
+            name="socketio-redis",
+            command=_uvicorn("socketio-redis"),
+            path="/socket.io/?EIO=4&transport=websocket",
+            subscribe=None,
+            publish='42["publish",{{"m":"{seq}.{t}","p":"{pad}"}}]',
+            marker=b'42["message"',
+            sample=re.compile(rb'"m":"(\d+)\.(\d+)"'),
+            socketio=True,
+            redis=True,
         ),
         Target(
             name="websockets",

@@ -42,19 +42,22 @@ class PublishLane:
         while tasks and tasks[0].done():
             tasks.popleft()
         if len(tasks) >= self._depth:
-            oldest = tasks.popleft()
             try:
-                await asyncio.shield(oldest)
+                # asyncio.wait: neither raises what the task raised nor cancels it
+                # when this wait is cancelled (close() then cancels it).
+                await asyncio.wait((tasks[0],))
             except BaseException:
                 publish.close()
                 raise
+            tasks.popleft()
         tasks.append(asyncio.get_running_loop().create_task(publish))
 
     async def drain(self) -> None:
         """Wait until every publish in the lane has been answered."""
         tasks = self._tasks
         while tasks:
-            await asyncio.shield(tasks.popleft())
+            await asyncio.wait((tasks[0],))
+            tasks.popleft()
 
     async def close(self) -> None:
         """Let the publishes in flight finish (their answers may still go out); cancel
