@@ -462,3 +462,26 @@ async def test_msgpack_welcome_arrives_on_msgpack_only(hub_server) -> None:
     async with open_client(server, msgpack_=True) as client:
         assert client.ws.subprotocol == MSGPACK_SUBPROTOCOL
         assert isinstance(client.raw[0], bytes)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [float("nan"), float("inf"), float("-inf"), [1.5, {"x": float("nan")}]],
+    ids=["nan", "inf", "-inf", "nested"],
+)
+@pytest.mark.parametrize("single", [False, True], ids=["float64", "float32"])
+async def test_msgpack_nan_and_infinity_get_bad_request(
+    hub_server, value: Any, single: bool
+) -> None:
+    """NaN and ±Inf have no JSON form: a msgpack publish carrying one is refused, not nulled."""
+    server, _ = hub_server()
+    async with open_client(server, msgpack_=True) as client, open_client(server) as watcher:
+        await watcher.subscribe("room")
+        frame = {"op": "publish", "id": 1, "channel": "room", "data": value}
+        await client.send_raw(msgpack.packb(frame, use_bin_type=True, use_single_float=single))
+        assert "NaN or infinity" in bad_request(await client.next())
+        frame = {"op": "publish", "id": 2, "channel": "room", "data": [1.5, -0.25, 1e30]}
+        await client.send_raw(msgpack.packb(frame, use_bin_type=True, use_single_float=single))
+        assert await client.reply(2) == {"id": 2, "result": {}}
+        [message] = await watcher.messages("room", 1)
+        assert message["data"][0] == 1.5  # the refused one never reached subscribers

@@ -14,6 +14,7 @@ JSON envelope is spliced around them without decoding them again.
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import msgpack
@@ -141,11 +142,17 @@ class MsgpackCodec(Codec):
             message = "expected a binary frame carrying MessagePack"
             raise ProtocolError(ErrorCode.BAD_REQUEST, message)
         try:
-            return msgpack.unpackb(data, raw=False, strict_map_key=True)
+            obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
         except Exception as exc:  # msgpack raises many unrelated types for bad input
             # Some (StackError for deep nesting, FormatError) carry no text: name the type.
             problem = str(exc) or type(exc).__name__
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"invalid MessagePack: {problem}") from None
+        # JSON has no NaN or infinity, and data is published as JSON: refuse them, as the
+        # JSON codec does, rather than let them become null. Only frames holding a float
+        # marker byte (0xca float 32, 0xcb float 64) are walked.
+        if (b"\xcb" in data or b"\xca" in data) and not _finite(obj):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "invalid MessagePack: NaN or infinity")
+        return obj
 
     def message(self, channel: str, publication: Publication) -> Frame | None:
         if publication.event is not None:
@@ -179,3 +186,14 @@ def codec_for_subprotocols(offered: list[str]) -> Codec:
         if name == JSON_SUBPROTOCOL:
             return JSON
     return JSON
+
+
+def _finite(obj: object) -> bool:
+    """Whether no float in ``obj`` is NaN or infinite (msgpack already bounded the depth)."""
+    if isinstance(obj, float):
+        return math.isfinite(obj)
+    if isinstance(obj, dict):
+        return all(_finite(v) for v in obj.values())
+    if isinstance(obj, list):
+        return all(_finite(v) for v in obj)
+    return True
