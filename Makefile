@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv run lint fmt test test-asgi browser-deps bench clean
+.PHONY: venv run lint fmt test test-asgi browser-deps docs bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,9 +25,12 @@ fmt: venv
 	$(BIN)/ruff format src tests
 	$(BIN)/ruff check --fix src tests
 
+# pytest includes tests/integration/test_js_package.py: `npm pack` of the JS client,
+# installed and imported from node (it fails under CI=true when node is missing).
 test: browser-deps lint
 	$(BIN)/pytest
 	$(MAKE) --no-print-directory test-asgi
+	$(MAKE) --no-print-directory docs
 
 # The suites that drive the writer again, with the transport fast path off: every send
 # through plain ASGI, as on servers other than uvicorn (hypercorn, granian, daphne).
@@ -40,12 +43,14 @@ test-asgi: venv
 		tests/integration/test_transport.py::test_connections_follow_the_environment
 
 # Browser tests drive Debian's chromium through Playwright (never a downloaded browser),
-# and tests/js runs on node. As root, install what is missing; otherwise say what to install
-# (the tests then skip with the same hint, and fail under CI=true).
+# tests/js runs on node, and the package test runs `npm pack` (Debian's nodejs has no npm).
+# As root, install what is missing; otherwise say what to install (the tests then skip with
+# the same hint, and fail under CI=true).
 browser-deps:
 	@missing=""; \
 	test -x /usr/bin/chromium || missing=" chromium"; \
 	command -v node >/dev/null || missing="$$missing nodejs"; \
+	command -v npm >/dev/null || missing="$$missing npm"; \
 	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
 		echo "installing$$missing for the browser and JS tests"; \
@@ -54,9 +59,14 @@ browser-deps:
 		echo "browser/JS tests will skip: run  sudo apt-get install$$missing"; \
 	fi
 
+# The docs site (mkdocs.yml: docs/ and the API reference from docstrings) into site/;
+# --strict turns every warning (a broken link, a bad docstring) into a failure.
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
 # Side-by-side figures (medians of 3 interleaved runs); see README "Benchmarks".
 bench: venv
 	$(BIN)/wshub bench compare --runs 3
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site

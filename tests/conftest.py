@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI, WebSocket
 
+from tests.cluster_support import redis_cluster  # noqa: F401  (session-scoped fixture)
 from wshub import Hub, mount
 from wshub.testing import RunningServer, run_server
 

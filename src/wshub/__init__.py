@@ -14,6 +14,7 @@ from wshub.core.errors import (
     ErrorCode,
     ProtocolError,
     PublishError,
+    RPCError,
     WshubError,
 )
 from wshub.core.sendqueue import OverflowPolicy
@@ -23,6 +24,7 @@ from wshub.hub.permissions import Access, Namespace
 from wshub.server.auth import Authenticator, AuthError, Identity, JWTAuthenticator
 from wshub.server.endpoint import ProtocolEndpoint
 from wshub.server.fastapi import add_health_routes, mount
+from wshub.server.sse import mount_sse
 from wshub.settings import Settings
 
 if _typing.TYPE_CHECKING:
@@ -65,10 +67,12 @@ __all__ = [
     "PublishError",
     "PublishResult",
     "Publisher",
+    "RPCError",
     "Settings",
     "WshubError",
     "__version__",
     "add_health_routes",
     "broker_from_url",
     "mount",
+    "mount_sse",
 ]

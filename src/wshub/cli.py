@@ -1,10 +1,10 @@
-"""The ``wshub`` command line: ``wshub serve``, ``wshub publish`` and ``wshub bench``."""
+"""The ``wshub`` command line: ``wshub serve``, ``publish``, ``types`` and ``bench``."""
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
@@ -82,6 +82,49 @@ def publish(
     typer.echo(f"published to {channel} ({receivers} hub process(es) subscribed)")
 
 
+@app.command()
+def types(
+    target: Annotated[
+        str, typer.Argument(help="the app (module:attribute), as for serve, or its hub")
+    ] = DEFAULT_APP,
+    ts: Annotated[bool, typer.Option("--ts", help="print TypeScript declarations")] = False,
+) -> None:
+    """Print the app's types: namespace models, RPC params and results, the client API.
+
+    The app is imported as `wshub serve` imports it; its hub is the `Hub` the target
+    names, or the one `Hub` of the app's module.
+    """
+    from wshub.ops.typescript import declarations
+
+    if not ts:
+        raise typer.BadParameter("choose an output format: --ts (TypeScript)")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    typer.echo(declarations(_find_hub(target)))
+
+
+def _find_hub(target: str) -> Any:
+    """The hub of ``module:attribute``: the attribute itself, or its module's one Hub."""
+    import importlib
+
+    from uvicorn.importer import ImportFromStringError, import_from_string
+
+    from wshub.hub.facade import Hub
+
+    try:
+        found = import_from_string(target)
+    except ImportFromStringError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if isinstance(found, Hub):
+        return found
+    module = importlib.import_module(target.partition(":")[0])
+    hubs = list({id(v): v for v in vars(module).values() if isinstance(v, Hub)}.values())
+    if len(hubs) != 1:
+        where = "no Hub" if not hubs else f"{len(hubs)} hubs"
+        raise typer.BadParameter(f"{where} in module {module.__name__}: name it (module:hub)")
+    return hubs[0]
+
+
 bench_app = typer.Typer(help="Measure wshub and its baselines (see the README, Benchmarks).")
 app.add_typer(bench_app, name="bench")
 
@@ -100,7 +143,11 @@ _BENCH_OPTIONS = {
 def bench_run(
     scenario: Annotated[str, typer.Argument(help="fanout, slow, rooms, idle or redis")] = "fanout",
     target: Annotated[
-        str, typer.Option(help="wshub, wshub-chat, seed, seed-once, socketio, websockets, bare")
+        str,
+        typer.Option(
+            help="wshub, wshub-redis, wshub-chat, seed, seed-once, socketio, socketio-redis, "
+            "websockets, bare"
+        ),
     ] = "wshub",
     subscribers: Annotated[int, typer.Option(help=_BENCH_OPTIONS["subscribers"])] = 1000,
     payload: Annotated[int, typer.Option(help=_BENCH_OPTIONS["payload"])] = 100,
@@ -128,7 +175,7 @@ def bench_run(
 @bench_app.command("compare")
 def bench_compare(
     targets: Annotated[str, typer.Option(help="comma-separated targets")] = (
-        "wshub,wshub-chat,seed,seed-once,socketio,websockets"
+        "wshub,wshub-redis,wshub-chat,seed,seed-once,socketio,socketio-redis,websockets"
     ),
     subscribers: Annotated[int, typer.Option(help=_BENCH_OPTIONS["subscribers"])] = 1000,
     payload: Annotated[int, typer.Option(help=_BENCH_OPTIONS["payload"])] = 100,
@@ -154,7 +201,7 @@ def bench_compare(
             runs_by_target[name].append(run("fanout", TARGETS[name], options))
     results = [median_result(runs_by_target[name]) for name in names]
     extra: dict[str, object] = {}
-    for baseline in ("websockets", "socketio", "seed-once", "seed"):
+    for baseline in ("websockets", "socketio", "socketio-redis", "wshub", "seed-once", "seed"):
         if baseline in names:
             extra[f"ratio to {baseline}"] = {
                 k: round(v, 2) for k, v in ratios(results, baseline).items()

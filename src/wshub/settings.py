@@ -36,9 +36,15 @@ class Settings(BaseSettings):
         max_subscriptions: channels one connection may be subscribed to at once.
         publish_pipeline_depth: publishes of one connection in flight at once; the
             connection's next frames wait beyond it (1: each publish answered in turn).
+        max_rpc_in_flight: RPC calls of one connection running at once; one more is
+            answered with ``rate_limited`` (each call runs in a task of its own).
         history_max_memory: memory broker: bytes all channel histories of the process
             may hold (0: unbounded); past it the least recently published channels
             lose their oldest publications first.
+        idempotency_window: seconds a publish's ``idempotency_key`` is remembered per
+            channel: a retry with the same key within it publishes nothing again.
+        position_check_interval: seconds between checks that every channel with history
+            and local members was delivered up to its history's top (gap refill).
         presence_ttl: seconds a presence entry outlives its process (entries are
             refreshed every third of it; a killed worker's entries vanish after it).
         max_inbound_messages, max_inbound_bytes: library mode: messages (and their bytes)
@@ -105,7 +111,10 @@ class Settings(BaseSettings):
 
     max_subscriptions: int = Field(default=128, ge=1)
     publish_pipeline_depth: int = Field(default=16, ge=1)
+    max_rpc_in_flight: int = Field(default=16, ge=1)
     history_max_memory: int = Field(default=64 * MIB, ge=0)
+    idempotency_window: float = Field(default=300.0, gt=0)
+    position_check_interval: float = Field(default=10.0, gt=0)
     presence_ttl: float = Field(default=30.0, gt=0)
     max_inbound_messages: int = Field(default=256, ge=1)
     max_inbound_bytes: int = Field(default=1 * MIB, ge=1)

@@ -16,6 +16,7 @@ from tests.redis_support import Recorder, RedisServer
 from tests.redis_support import redis_server as run_redis_server
 from wshub.brokers.memory import MemoryBroker
 from wshub.brokers.redis import RedisBroker
+from wshub.brokers.redis_cluster import RedisClusterBroker
 
 
 @pytest.fixture
@@ -51,14 +52,23 @@ async def admin(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
     await client.aclose()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def make_broker(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[MakeBroker]:
-    """Start brokers of one engine, all on one Redis for redis; close them afterwards."""
-    url = request.getfixturevalue("redis_url") if request.param == "redis" else ""
+    """Start brokers of one engine, all on one Redis (or one Redis Cluster, shared by the
+    session); close them afterwards."""
+    url = ""
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+    elif request.param == "cluster":
+        url = request.getfixturevalue("redis_cluster").url
     brokers: list[Engine] = []
 
     async def make() -> tuple[Engine, Recorder]:
-        broker: Engine = RedisBroker(url, prefix=prefix) if url else MemoryBroker()
+        broker: Engine
+        if request.param == "cluster":
+            broker = RedisClusterBroker(url, prefix=prefix)
+        else:
+            broker = RedisBroker(url, prefix=prefix) if url else MemoryBroker()
         recorder = Recorder()
         await broker.start(recorder)
         brokers.append(broker)

@@ -9,10 +9,11 @@ from collections.abc import Awaitable, Callable
 from tests.redis_support import Recorder
 from wshub.brokers.memory import MemoryBroker
 from wshub.brokers.redis import RedisBroker
+from wshub.brokers.redis_cluster import RedisClusterBroker
 from wshub.testing import TIME_SCALE
 
-#: A broker of either engine: both implement Broker, History and Presence.
-Engine = MemoryBroker | RedisBroker
+#: A broker of any engine: all implement Broker, History and Presence.
+Engine = MemoryBroker | RedisBroker | RedisClusterBroker
 #: The ``make_broker`` fixture: start one more broker of the engine under test.
 MakeBroker = Callable[[], Awaitable[tuple[Engine, Recorder]]]
 

@@ -100,6 +100,7 @@ def test_each_client_message_schema_matches_the_parser(op: Op) -> None:
     """A frame with exactly the schema's required fields parses; without one it does not."""
     schema = document()["channels"]["hub"]["messages"][op.value]["payload"]
     examples = {"channel": "room", "data": 1, "token": "t", "since": 1, "epoch": "e", "limit": 1}
+    examples["method"] = "m"
     frame = {"op": op.value, **{name: examples[name] for name in schema["required"][1:]}}
     assert parse_command(frame).op is op
     for name in schema["required"][1:]:

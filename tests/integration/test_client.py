@@ -75,7 +75,8 @@ async def test_subscribe_publish_presence_history(server: tuple[RunningServer, H
     joins: list[str] = []
     async with client(url) as alice, client(url) as bob:
         sub = await alice.subscribe("chat:lobby", on_join=lambda e: joins.append(e.client))
-        assert sub.result == {"offset": 0, "epoch": ""}
+        assert sub.result is not None and sub.result["offset"] == 0
+        assert len(sub.result["epoch"]) == 8  # every subscribe reply carries the epoch
         bobs = await bob.subscribe("chat:lobby")
         assert await bob.publish("chat:lobby", {"text": "hi"}) == 1
         assert await bob.publish("chat:lobby", {"text": "again"}) == 2

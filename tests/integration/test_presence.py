@@ -232,28 +232,34 @@ async def test_demo_chat_namespace_keeps_history_and_presence() -> None:
     demo = importlib.import_module("wshub.demo.app")  # wshub.demo.app is also the FastAPI app
 
     space = demo.hub.permissions.namespace("chat:anything")
-    assert space == Namespace(history_size=100, history_ttl=300, presence=True, join_leave=True)
+    assert space == Namespace(
+        history_size=100, history_ttl=300, presence=True, join_leave=True, model=demo.ChatMessage
+    )
     channel = f"chat:room-{uuid.uuid4().hex[:8]}"
     with run_server(demo.app, demo.hub.settings) as server:
         url = server.ws_url("/ws")
         async with open_wire(url) as alice, open_wire(url) as bob:
-            assert await subscribe(alice, channel) == {"offset": 0, "epoch": ""}
+            first = await subscribe(alice, channel)
+            # A fresh history channel has its epoch from the first subscribe on (issue 14).
+            assert first["offset"] == 0 and first["epoch"]
             assert await next_event(alice) == event("join", channel, alice.id, None)
             await subscribe(bob, channel)
             assert await next_event(alice) == event("join", channel, bob.id, None)
             clients = await presence(alice, channel)
             assert clients == {alice.id: {"user": None, "info": None}, bob.id: clients[bob.id]}
             for n in range(3):
-                assert (await bob.publish(channel, {"n": n}, n))["result"] == {"offset": n + 1}
+                reply = await bob.publish(channel, {"text": f"{n}"}, n)
+                assert reply["result"] == {"offset": n + 1}
             assert offsets(await live_messages(alice, channel, 3)) == [1, 2, 3]
             kept = (await history(alice, channel))["result"]
             assert offsets(kept["messages"]) == [1, 2, 3]
+            assert kept["epoch"] == first["epoch"]
             await bob.ws.close()
             assert await next_event(alice) == event("leave", channel, bob.id, None)
             async with open_wire(url) as carol:
                 result = await subscribe(carol, channel, since=1, epoch=kept["epoch"])
                 assert result["recovered"] is True
-                assert [m["data"] for m in result["messages"]] == [{"n": 1}, {"n": 2}]
+                assert [m["data"]["text"] for m in result["messages"]] == ["1", "2"]
             for op in ("presence", "history"):
                 reply = await alice.request({"op": op, "id": op, "channel": "lobby"})
                 bad_request(reply, op)

@@ -77,9 +77,7 @@ async def test_a_script_flush_mid_burst_loses_and_reorders_nothing(
     await burst(serve, backend, 16, flush_scripts=True)
 
 
-async def test_other_ops_wait_for_the_publishes_before_them(
-    serve: Serve, backend: Backend
-) -> None:
+async def test_other_ops_wait_for_the_publishes_before_them(serve: Serve, backend: Backend) -> None:
     """An unsubscribe sent after 20 publishes is answered after all 20 of them."""
     hub_app = serve_hub(serve, backend)
     async with open_wire(hub_app.url()) as client:

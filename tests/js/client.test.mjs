@@ -258,21 +258,57 @@ test("a failed recovery is reported to the subscription and as an event", async 
   assert.deepEqual(client.positions.resubscribeFields("chat:a"), { since: 1, epoch: "e2" });
 });
 
-test("an empty channel's epoch is read with history so that recovery can work", async () => {
+test("no history read for the epoch: every subscribe reply carries it", async () => {
   const { client, sockets } = makeClient();
   client.subscribe("chat:a");
   client.connect();
   await until(() => sockets.length);
   sockets[0].welcome();
   sockets[0].push(
-    { id: sockets[0].lastSent("subscribe").id, result: { offset: 0, epoch: "" } },
+    { id: sockets[0].lastSent("subscribe").id, result: { offset: 0, epoch: "ep" } },
     { op: "message", channel: "chat:a", data: 1, offset: 1 },
   );
-  const read = sockets[0].lastSent("history");
-  assert.deepEqual(read, { op: "history", channel: "chat:a", limit: 0, id: read.id });
-  sockets[0].push({ id: read.id, result: { offset: 1, epoch: "ep", messages: [] } });
   await tick();
+  assert.equal(sockets[0].lastSent("history"), undefined);
   assert.deepEqual(client.positions.resubscribeFields("chat:a"), { since: 1, epoch: "ep" });
+});
+
+test("a gap frame moves the position and fails recovery; later messages are delivered", async () => {
+  const { client, sockets } = makeClient();
+  const recoveries = [];
+  const data = [];
+  client.subscribe("chat:a", { onRecover: (r) => recoveries.push(r), onMessage: (m) => data.push(m.data) });
+  client.connect();
+  await until(() => sockets.length);
+  sockets[0].welcome();
+  sockets[0].push(
+    { id: sockets[0].lastSent("subscribe").id, result: { offset: 5, epoch: "e1" } },
+    { op: "message", channel: "chat:a", data: 6, offset: 6 },
+    { op: "gap", channel: "chat:a", epoch: "e2", offset: 0 },
+    { op: "message", channel: "chat:a", data: 1, offset: 1 },
+    { op: "gap", channel: "chat:a", epoch: "e2", offset: 1 }, // nothing lost for us
+  );
+  await tick();
+  assert.deepEqual(data, [6, 1]);
+  assert.deepEqual(recoveries.map((r) => [r.recovered, r.offset, r.epoch]), [[false, 0, "e2"]]);
+  assert.deepEqual(client.positions.resubscribeFields("chat:a"), { since: 1, epoch: "e2" });
+});
+
+test("publish with retry resends under the same idempotency key until it succeeds", async () => {
+  const { client, sockets } = makeClient();
+  client.connect();
+  await until(() => sockets.length);
+  sockets[0].welcome();
+  const published = client.publish("chat:a", { n: 1 }, { retry: true });
+  await until(() => sockets[0].lastSent("publish"));
+  const first = sockets[0].lastSent("publish");
+  assert.equal(typeof first.idempotency_key, "string");
+  sockets[0].push({ id: first.id, error: { code: "timeout", message: "no answer" } });
+  await until(() => sockets[0].lastSent("publish").id !== first.id);
+  const second = sockets[0].lastSent("publish");
+  assert.equal(second.idempotency_key, first.idempotency_key);
+  sockets[0].push({ id: second.id, result: { offset: 7 } });
+  assert.equal(await published, 7);
 });
 
 test("a refused subscribe rejects ready, calls onError and is not retried", async () => {

@@ -30,11 +30,13 @@ _ENGINES = {
     "rediss": "wshub.brokers.redis:RedisBroker",
     "unix": "wshub.brokers.redis:RedisBroker",
     "redis+sentinel": "wshub.brokers.redis:RedisBroker",
+    "redis+cluster": "wshub.brokers.redis_cluster:RedisClusterBroker",
 }
 
 
 def broker_from_url(url: str, **options: Any) -> Broker:
-    """Build the broker an URL names: ``memory://``, ``redis://host:port/db``, ``redis+sentinel://...``.
+    """Build the broker an URL names: ``memory://``, ``redis://host:port/db``, ``redis+sentinel://...``,
+    ``redis+cluster://host:port[,host:port...]`` (a Redis Cluster, sharded pub/sub).
 
     Args:
         url: the broker URL.

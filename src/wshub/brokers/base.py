@@ -15,7 +15,8 @@ Guarantees every engine gives:
 
 - Delivery is at most once. A publication may be lost while the broker is
   disconnected; `publish` then raises `BrokerUnavailable` instead of reaching only
-  local members.
+  local members (or `PublishTimeout` when it was sent but not answered: unknown).
+  Channels with history are made gap-free on top of this by the hub (`wshub.hub.gaps`).
 - Order is kept per channel: every subscriber, in every process, sees one
   channel's publications in one order, the same everywhere.
 - ``on_publication`` is called on the event loop, synchronously, in that order.
@@ -30,13 +31,14 @@ import abc
 from collections.abc import Sequence
 from typing import Protocol
 
-from wshub.core.types import BrokerState, HistoryOptions, Publication, PublishResult
+from wshub.core.types import BrokerState, HistoryOptions, Idempotency, Publication, PublishResult
 
 __all__ = [
     "Broker",
     "BrokerEvents",
     "BrokerState",
     "HistoryOptions",
+    "Idempotency",
     "Publication",
     "PublishResult",
 ]
@@ -95,6 +97,7 @@ class Broker(abc.ABC):
         origin: str | None = None,
         history: HistoryOptions | None = None,
         event: str | None = None,
+        idempotency: Idempotency | None = None,
     ) -> PublishResult:
         """Publish JSON-encoded ``data`` to every subscriber of ``channel`` in every process.
 
@@ -108,12 +111,18 @@ class Broker(abc.ABC):
             origin: the publishing client's id, carried to subscribers as ``from``.
             history: keep the publication in the channel's history.
             event: ``"join"``/``"leave"`` for presence changes (never kept in history).
+            idempotency: a key: when a publish with the same key to the same channel
+                was made within the key's window, publish nothing and return that
+                publish's result. Checking and publishing are one atomic step. The hub
+                passes it only when set (engines written before it need not take it).
 
         Returns:
             The publication's offset and the history's epoch, when kept.
 
         Raises:
-            BrokerUnavailable: the broker cannot carry the publication now.
+            PublishTimeout: sent, but no answer in time: the outcome is unknown.
+            BrokerUnavailable: the broker cannot carry the publication now; it was
+                certainly not published.
         """
 
     async def ready(self) -> bool:

@@ -27,8 +27,9 @@ class StreamPosition:
 
     Attributes:
         offset: the newest publication's offset (0 before the first one).
-        epoch: the history's epoch; ``""`` for a channel with no history yet (the
-            first publication starts an epoch; reads never create one).
+        epoch: the history's epoch; ``""`` only for a channel read without
+            `HistoryOptions` before it had a history. The epoch exists from the first
+            subscribe, publish or read with options, whichever comes first.
     """
 
     offset: int
@@ -59,7 +60,12 @@ class History(abc.ABC):
 
     @abc.abstractmethod
     async def history(
-        self, channel: str, *, since: int | None = None, limit: int | None = None
+        self,
+        channel: str,
+        *,
+        since: int | None = None,
+        limit: int | None = None,
+        options: HistoryOptions | None = None,
     ) -> HistoryPage:
         """Read publications of ``channel``.
 
@@ -72,9 +78,14 @@ class History(abc.ABC):
             since: return those with an offset greater than this, oldest first (up to
                 ``limit``); None returns the newest ``limit`` publications.
             limit: at most this many; None for all kept, 0 for none (position only).
+            options: the channel's history options. With them, a channel without a
+                history gets one now (offset 0, a new epoch, expiring after
+                ``options.ttl`` unless published to), so that every position a client
+                is told carries an epoch. Without them, such a channel reads as
+                `NO_HISTORY`.
 
         Returns:
-            The page; an unknown channel has a fresh epoch and offset 0.
+            The page.
 
         Raises:
             BrokerUnavailable: the history cannot be read now.
@@ -179,15 +190,13 @@ class MemoryHistory:
         self._sweep(now, SWEEP_PER_APPEND)
         stream = self._live_stream(channel, now)
         if stream is None:
-            stream = _Stream(channel, options, now)
-            self._streams[channel] = stream
-            self.total_bytes += stream.bytes
+            stream = self._create(channel, options, now)
         else:
             self._streams.move_to_end(channel)
             self._ungroup(stream)
             stream.touched = now
             stream.options = options  # the namespace may have been reconfigured
-        self._by_ttl.setdefault(options.ttl, collections.OrderedDict())[channel] = stream
+            self._by_ttl.setdefault(options.ttl, collections.OrderedDict())[channel] = stream
         stream.offset += 1
         publication = Publication(data, stream.offset, origin)
         stream.items.append((now, publication))
@@ -204,10 +213,18 @@ class MemoryHistory:
         stream = self._live_stream(channel, time.monotonic())
         return NO_HISTORY if stream is None else StreamPosition(stream.offset, stream.epoch)
 
-    def read(self, channel: str, since: int | None, limit: int | None) -> HistoryPage:
-        """Read a page (see `History.history`)."""
+    def read(
+        self,
+        channel: str,
+        since: int | None,
+        limit: int | None,
+        options: HistoryOptions | None = None,
+    ) -> HistoryPage:
+        """Read a page (see `History.history`); with ``options``, create a missing history."""
         now = time.monotonic()
         stream = self._live_stream(channel, now)
+        if stream is None and options is not None:
+            stream = self._create(channel, options, now)
         if stream is None:
             return HistoryPage(NO_HISTORY, [], since is None or since == 0)
         ttl = stream.options.ttl
@@ -221,6 +238,14 @@ class MemoryHistory:
         oldest = after[0].offset if after else stream.offset + 1
         complete = since >= stream.offset or oldest == since + 1
         return HistoryPage(position, after if limit is None else after[: max(limit, 0)], complete)
+
+    def _create(self, channel: str, options: HistoryOptions, now: float) -> _Stream:
+        """Start ``channel``'s history: offset 0, a new epoch, expiring after ``options.ttl``."""
+        stream = _Stream(channel, options, now)
+        self._streams[channel] = stream
+        self.total_bytes += stream.bytes
+        self._by_ttl.setdefault(options.ttl, collections.OrderedDict())[channel] = stream
+        return stream
 
     def sweep(self) -> int:
         """Drop every expired history now.
@@ -296,3 +321,48 @@ class MemoryHistory:
             self._forget(stream)  # forgotten: the next publish starts a new epoch
             return None
         return stream
+
+
+#: Idempotency keys one channel remembers at most (memory broker); the oldest go first.
+MAX_KEYS_PER_CHANNEL: Final = 10_000
+
+
+class RecentKeys:
+    """The memory broker's idempotency keys: per channel, key -> the first publish's result.
+
+    Bounded: at most `MAX_KEYS_PER_CHANNEL` per channel (oldest dropped first), each
+    forgotten ``window`` seconds after its publish; a channel whose keys all expired
+    is dropped. Expired keys are dropped lazily, on use of their channel.
+    """
+
+    def __init__(self) -> None:
+        # channel -> key -> (expires at, result), oldest first
+        self._channels: dict[str, collections.OrderedDict[str, tuple[float, object]]] = {}
+
+    def get(self, channel: str, key: str) -> object | None:
+        """The result remembered for ``key`` on ``channel``, or None."""
+        keys = self._channels.get(channel)
+        if keys is None:
+            return None
+        now = time.monotonic()
+        while keys:
+            oldest = next(iter(keys.values()))
+            if oldest[0] > now:
+                break
+            keys.popitem(last=False)
+        if not keys:
+            del self._channels[channel]
+            return None
+        entry = keys.get(key)
+        return None if entry is None else entry[1]
+
+    def put(self, channel: str, key: str, window: float, result: object) -> None:
+        """Remember ``result`` for ``key`` on ``channel`` for ``window`` seconds."""
+        keys = self._channels.setdefault(channel, collections.OrderedDict())
+        keys[key] = (time.monotonic() + window, result)
+        keys.move_to_end(key)
+        while len(keys) > MAX_KEYS_PER_CHANNEL:
+            keys.popitem(last=False)
+
+    def __len__(self) -> int:
+        return sum(len(keys) for keys in self._channels.values())

@@ -18,8 +18,9 @@ from wshub.brokers.base import (
     Publication,
     PublishResult,
 )
-from wshub.brokers.history import History, HistoryPage, MemoryHistory
+from wshub.brokers.history import History, HistoryPage, MemoryHistory, RecentKeys
 from wshub.brokers.presence import ClientInfo, MemoryPresence, Presence
+from wshub.core.types import Idempotency
 
 #: The history budget of a memory broker built without one (the setting's default).
 DEFAULT_HISTORY_MAX_MEMORY = 64 * 1024 * 1024
@@ -52,6 +53,7 @@ class MemoryBroker(Broker, History, Presence):
             DEFAULT_HISTORY_MAX_MEMORY if history_max_memory is None else history_max_memory
         )
         self._presence = MemoryPresence()
+        self._keys = RecentKeys()
         self._sweep_interval = sweep_interval
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -114,12 +116,19 @@ class MemoryBroker(Broker, History, Presence):
         origin: str | None = None,
         history: HistoryOptions | None = None,
         event: str | None = None,
+        idempotency: Idempotency | None = None,
     ) -> PublishResult:
+        if idempotency is not None:
+            seen = self._keys.get(channel, idempotency.key)
+            if isinstance(seen, PublishResult):
+                return seen  # a retry: published already, answer the first result
         if history is not None and event is None:
             publication, epoch = self._history.append(channel, data, origin, history)
             result = PublishResult(publication.offset, epoch)
         else:
             publication, result = Publication(data, None, origin, event), PublishResult()
+        if idempotency is not None:
+            self._keys.put(channel, idempotency.key, idempotency.window, result)
         events = self._events
         if events is not None and channel in self._channels:
             events.on_publication(channel, publication)
@@ -128,9 +137,14 @@ class MemoryBroker(Broker, History, Presence):
         return result
 
     async def history(
-        self, channel: str, *, since: int | None = None, limit: int | None = None
+        self,
+        channel: str,
+        *,
+        since: int | None = None,
+        limit: int | None = None,
+        options: HistoryOptions | None = None,
     ) -> HistoryPage:
-        return self._history.read(channel, since, limit)
+        return self._history.read(channel, since, limit, options)
 
     async def presence_add(self, channel: str, entries: list[ClientInfo], ttl: float) -> None:
         self._presence.add(channel, entries, ttl)

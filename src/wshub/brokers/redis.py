@@ -34,7 +34,10 @@ Contract, on top of the ones in `wshub.brokers.base`, `wshub.history` and
   the offset, atomically, so offset order is delivery order in every process.
 - ``publish``, ``history`` and the presence calls raise `BrokerUnavailable` at once
   while not connected, and when Redis fails the command (connection lost, timeout,
-  error reply). A publish is never retried: delivery stays at most once.
+  error reply). A publish that was written to Redis but got no reply in time (or
+  whose connection broke after the write) raises `PublishTimeout` instead: it may
+  have been published. A publish is never retried here; with an idempotency key the
+  caller may retry it safely (the publish scripts remember the key atomically).
 - Outages: on connection loss the state becomes DISCONNECTED (one warning per outage),
   the broker reconnects with capped exponential backoff and full jitter, resubscribes,
   becomes CONNECTED and logs the recovery once. A restart with an empty dataset is
@@ -62,6 +65,7 @@ from wshub.brokers.base import (
     BrokerEvents,
     BrokerState,
     HistoryOptions,
+    Idempotency,
     PublishResult,
 )
 from wshub.brokers.history import History, HistoryPage
@@ -73,14 +77,14 @@ from wshub.brokers.redis_connections import (
     new_pool,
     redis_location,
 )
-from wshub.brokers.redis_history import RedisHistory
-from wshub.brokers.redis_pipeline import PublishPipeline
+from wshub.brokers.redis_history import RedisHistory, publish_once_command
+from wshub.brokers.redis_pipeline import OutcomeUnknown, PublishPipeline
 from wshub.brokers.redis_presence import RedisPresence
 from wshub.brokers.redis_probe import PROBE_INFIX, LivenessProbe
 from wshub.brokers.redis_session import SubscriberSession
 from wshub.brokers.redis_subscriptions import Subscriptions, wait_batch
 from wshub.brokers.redis_wire import encode_payload
-from wshub.core.errors import BrokerUnavailable
+from wshub.core.errors import BrokerUnavailable, PublishTimeout
 
 __all__ = ["PROBE_INFIX", "SCHEMES", "RedisBroker", "check_url", "redis_location"]
 
@@ -254,6 +258,7 @@ class RedisBroker(Broker, History, Presence):
         origin: str | None = None,
         history: HistoryOptions | None = None,
         event: str | None = None,
+        idempotency: Idempotency | None = None,
     ) -> PublishResult:
         """Publish ``data`` on ``prefix + channel``: plain JSON, or an envelope with metadata.
 
@@ -266,21 +271,31 @@ class RedisBroker(Broker, History, Presence):
             origin: the publishing client's id, carried to subscribers as ``from``.
             history: keep the publication in the channel's history.
             event: ``"join"``/``"leave"`` for a presence change; never kept in history.
+            idempotency: publish only if its key was not seen on ``channel`` within its
+                window, checked atomically in the same script (see `RedisHistory`).
 
         Returns:
-            The offset and epoch when kept in history, else an empty result.
+            The offset and epoch when kept in history, else an empty result. For a
+            duplicate key: the first publish's offset and epoch.
 
         Raises:
+            PublishTimeout: written to Redis, but no reply within ``timeout``: it may
+                have been published.
             BrokerUnavailable: not connected (raised at once, without network I/O),
-                or Redis failed the command.
+                no connection could be made, or Redis refused the command: it was
+                not published.
         """
         action = f"publish to {channel!r}"
         store = self._history_store
         command: tuple[Any, ...]
         if history is not None and event is None:
-            command = store.publish_command(channel, data, origin, history)
+            command = store.publish_command(channel, data, origin, history, idempotency)
         else:
-            command = ("PUBLISH", self._prefix + channel, encode_payload(data, origin, event=event))
+            payload = encode_payload(data, origin, event=event)
+            if idempotency is not None:
+                command = publish_once_command(self._prefix, channel, payload, idempotency)
+            else:
+                command = ("PUBLISH", self._prefix + channel, payload)
 
         def submit(_: Redis) -> Awaitable[Any]:
             # Submitted now, before any await, so publishes keep their order (redis_pipeline).
@@ -288,12 +303,19 @@ class RedisBroker(Broker, History, Presence):
             return self._pipeline.submit(*command)
 
         reply = await self._command(action, submit)
-        return store.publish_result(reply) if command[0] == "EVALSHA" else PublishResult()
+        if command[0] == "EVALSHA" and history is not None and event is None:
+            return store.publish_result(reply)
+        return PublishResult()
 
     # -- the History and Presence interfaces ----------------------------------------
 
     async def history(
-        self, channel: str, *, since: int | None = None, limit: int | None = None
+        self,
+        channel: str,
+        *,
+        since: int | None = None,
+        limit: int | None = None,
+        options: HistoryOptions | None = None,
     ) -> HistoryPage:
         """Read publications of ``channel`` kept in Redis (see `History.history`).
 
@@ -305,16 +327,20 @@ class RedisBroker(Broker, History, Presence):
             channel: the channel name without the prefix.
             since: return those after this offset, oldest first; None: the newest.
             limit: at most this many; None for all kept, 0 for the position only.
+            options: the channel's history options: a missing history is created
+                (offset 0, a new epoch) in the same script.
 
         Returns:
-            The page; a channel without history is at `wshub.history.NO_HISTORY`.
+            The page; without ``options``, a channel without history is at
+            `wshub.history.NO_HISTORY`.
 
         Raises:
             BrokerUnavailable: not connected (at once), or Redis failed the read.
         """
         action = f"read the history of {channel!r}"
         page = await self._command(
-            action, lambda client: self._history_store.read(client, channel, since, limit)
+            action,
+            lambda client: self._history_store.read(client, channel, since, limit, options),
         )
         if channel in self._subs.desired:
             # Live copies of the page's newest publications may still be on their way
@@ -395,6 +421,7 @@ class RedisBroker(Broker, History, Presence):
             What the call returned.
 
         Raises:
+            PublishTimeout: a publish was written but not answered (`OutcomeUnknown`).
             BrokerUnavailable: not connected (raised at once, without network I/O), or
                 Redis failed the call. Never retried: a publish must not go out twice.
         """
@@ -405,6 +432,12 @@ class RedisBroker(Broker, History, Presence):
             )
         try:
             return await call(client)
+        except OutcomeUnknown as exc:
+            self._probe.request()  # the subscriber may be just as dead: check it now
+            raise PublishTimeout(
+                f"could not {action} through Redis at {self._where}: sent, but {exc}; "
+                "it may have been published"
+            ) from exc
         except RedisError as exc:
             if isinstance(exc, RedisConnectionError | RedisTimeoutError):
                 self._probe.request()  # the subscriber may be just as dead: check it now

@@ -33,11 +33,14 @@ from redis.retry import Retry as SyncRetry
 
 #: The scheme of a URL naming a master through Redis Sentinel.
 SENTINEL_SCHEME: Final = "redis+sentinel"
+#: The scheme of a URL naming a Redis Cluster by some of its nodes (`RedisClusterBroker`).
+CLUSTER_SCHEME: Final = "redis+cluster"
 
 #: URL schemes this engine serves.
 SCHEMES: Final = frozenset({"redis", "rediss", "unix", SENTINEL_SCHEME})
 
 _SENTINEL_PORT = 26379
+_REDIS_PORT = 6379
 _SENTINEL_PARAMS = frozenset({"db", "sentinel_username", "sentinel_password"})
 
 
@@ -128,7 +131,7 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     )
 
 
-def _sentinel_address(item: str) -> tuple[str, int]:
+def _sentinel_address(item: str, default_port: int = _SENTINEL_PORT) -> tuple[str, int]:
     """``host``, ``host:port`` or ``[v6]:port`` -> ``(host, port)``."""
     if item.startswith("["):
         host, bracket, rest = item[1:].partition("]")
@@ -140,10 +143,116 @@ def _sentinel_address(item: str) -> tuple[str, int]:
     if not host:
         raise ValueError(f"bad sentinel address {item!r}: no host")
     if not port_text:
-        return host, _SENTINEL_PORT
+        return host, default_port
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(f"bad sentinel address {item!r}: not a port")
     return host, int(port_text)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterTarget:
+    """What a ``redis+cluster://`` URL names.
+
+    Attributes:
+        nodes: ``(host, port)`` of each startup node, in the URL's order: any nodes
+            of the cluster, asked in turn for the slot map.
+        username: the nodes' user, from the URL's userinfo.
+        password: their password, from the URL's userinfo.
+    """
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None = dataclasses.field(default=None, repr=False)
+    password: str | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def location(self) -> str:
+        """The startup nodes, without credentials: ``cluster h1:p1,h2:p2``."""
+        hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.nodes)
+        return f"cluster {hosts}"
+
+
+def is_cluster_url(url: str) -> bool:
+    """Whether ``url`` names a Redis Cluster."""
+    return urlsplit(url).scheme == CLUSTER_SCHEME
+
+
+def parse_cluster_url(url: str) -> ClusterTarget:
+    """Parse ``redis+cluster://[user:password@]host[:port][,host[:port]...][/]``.
+
+    Ports default to 6379. A cluster has only database 0, so there is no path and
+    no query parameter.
+
+    Raises:
+        ValueError: a malformed URL; the message never quotes a password.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != CLUSTER_SCHEME:
+        raise ValueError(f"not a {CLUSTER_SCHEME}:// URL (scheme {parts.scheme!r})")
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    username = password = None
+    if userinfo:
+        user, has_password, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if has_password else None
+    if not hosts:
+        raise ValueError(f"a {CLUSTER_SCHEME}:// URL names at least one node: host:port")
+    nodes = tuple(_sentinel_address(item, _REDIS_PORT) for item in hosts.split(","))
+    if parts.path.strip("/") or parts.query:
+        raise ValueError(
+            f"a {CLUSTER_SCHEME}:// URL names only nodes (a cluster has database 0 only): "
+            f"{CLUSTER_SCHEME}://host:6379,host:6380"
+        )
+    return ClusterTarget(nodes=nodes, username=username, password=password)
+
+
+def check_cluster_url(url: str) -> None:
+    """Refuse a URL the cluster broker cannot serve.
+
+    Raises:
+        ValueError: not a ``redis+cluster://`` URL, or a malformed one.
+    """
+    parse_cluster_url(url)
+
+
+def node_client(
+    target: ClusterTarget, host: str, port: int, *, timeout: float, max_connections: int
+) -> Redis:
+    """A client over a pool of ordinary connections to ONE cluster node, never retrying.
+
+    Cluster redirections (MOVED, ASK) are not followed: the broker routes each command
+    to the node its slot map names, and a redirection means that map is stale.
+    """
+    pool = BlockingConnectionPool(
+        host=host,
+        port=port,
+        username=target.username,
+        password=target.password,
+        max_connections=max_connections,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        client_name="wshub-pub",
+    )
+    return Redis.from_pool(pool)
+
+
+def node_subscriber(
+    target: ClusterTarget, host: str, port: int, *, timeout: float
+) -> AbstractConnection:
+    """A single pub/sub connection to ONE cluster node, not connected yet, speaking RESP2."""
+    conn: AbstractConnection = Connection(
+        host=host,
+        port=port,
+        username=target.username,
+        password=target.password,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        client_name="wshub-sub",
+        protocol=2,
+    )
+    return conn
 
 
 def redis_location(url: str) -> str:
@@ -156,6 +265,11 @@ def redis_location(url: str) -> str:
             return parse_sentinel_url(url).location
         except ValueError:
             return "sentinel (malformed URL)"
+    if parts.scheme == CLUSTER_SCHEME:
+        try:
+            return parse_cluster_url(url).location
+        except ValueError:
+            return "cluster (malformed URL)"
     return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
 
 
@@ -167,6 +281,13 @@ def check_url(url: str) -> None:
             ``redis+sentinel``, or a sentinel URL is malformed.
     """
     scheme = urlsplit(url).scheme
+    if scheme == CLUSTER_SCHEME:
+        # Cluster channels are sharded (SSUBSCRIBE/SPUBLISH, hash-tagged names):
+        # a plain Redis client would publish where no cluster subscriber listens.
+        raise ValueError(
+            f"a {CLUSTER_SCHEME}:// URL is served by the cluster broker "
+            "(Hub(broker=...), wshub.brokers.redis_cluster.RedisClusterBroker) only"
+        )
     if scheme not in SCHEMES:
         # The URL itself stays out of the message: it may carry a password.
         raise ValueError(

@@ -13,6 +13,13 @@ go out as the next batch: one pipelined write on one connection, replies matched
 to requests by position. Batches run one after another, never side by side, so
 order holds across batches too: the per-channel order of a publisher's publishes
 is the order of its `submit` calls.
+
+Outcomes: a batch that failed before anything was written (no connection could be
+had: refused, not reachable) fails with the `RedisError` itself: nothing ran. Once
+the write has started, a failure (timeout waiting for the replies, connection lost)
+fails the batch with `OutcomeUnknown`: Redis may have run some or all of it (a
+SIGSTOPped Redis runs what it received when it resumes). The broker answers the
+first ``unavailable`` and the second ``timeout``.
 """
 
 from __future__ import annotations
@@ -23,12 +30,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 #: Commands in one pipelined write, at most: a batch bounds its own memory and latency.
 MAX_BATCH = 512
 
 Command = tuple[Any, ...]
+
+
+class OutcomeUnknown(RedisError):
+    """The batch was (partly) written to Redis, but its replies did not all come back."""
 
 
 class PublishPipeline:
@@ -102,16 +113,34 @@ class PublishPipeline:
                 future.set_result(reply)
 
     async def _execute(self, commands: Sequence[Command]) -> list[Any]:
-        if len(commands) == 1:
-            # One command: no pipeline object, no list of one (the common idle case).
+        """Write ``commands`` on one connection and read their replies, in order.
+
+        Raises:
+            RedisError: no connection could be had; nothing was written.
+            OutcomeUnknown: the write started, but the replies did not all come back.
+        """
+        pool = self._client.connection_pool
+        # Connecting (and redis-py's check that a pooled connection is still good)
+        # happens here: a failure means nothing was written.
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
             try:
-                return [await self._client.execute_command(*commands[0])]  # type: ignore[no-untyped-call]
-            except NoScriptError as exc:
-                return [exc]
-        pipe = self._client.pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command)
-        return list(await pipe.execute(raise_on_error=False))
+                await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+                replies: list[Any] = []
+                for _ in commands:
+                    try:
+                        replies.append(await conn.read_response())
+                    except ResponseError as exc:  # an error reply; the connection is fine
+                        replies.append(exc)
+            except (RedisError, OSError) as exc:
+                await conn.disconnect(nowait=True)
+                raise OutcomeUnknown(f"no reply from Redis (outcome unknown): {exc}") from exc
+            except BaseException:
+                await conn.disconnect(nowait=True)  # replies may still be on their way
+                raise
+            return replies
+        finally:
+            await pool.release(conn)
 
     async def _rerun_with_source(
         self,

@@ -113,7 +113,7 @@ class LivenessProbe:
         waiter = self._echoes[token] = loop.create_future()
         try:
             async with asyncio.timeout_at(deadline):
-                await client.publish(self.channel, token)
+                await self._publish(client, token)
             # On Python 3.11, asyncio.wait_for inside redis-py can swallow the
             # cancellation a timeout (or close()) sends: the publish then returns as if
             # nothing happened. So the wait for the echo keeps its own deadline.
@@ -122,3 +122,7 @@ class LivenessProbe:
                 raise TimeoutError("no echo")
         finally:
             del self._echoes[token]
+
+    async def _publish(self, client: Redis, token: bytes) -> None:
+        """Send ``token`` to the probe channel (a cluster's probe uses SPUBLISH)."""
+        await client.publish(self.channel, token)

@@ -35,16 +35,27 @@ local function call_sliced(command, key, args)
 end
 """
 
-#: Publish with history. KEYS: meta hash, stream. ARGV: 1 the pub/sub channel, 2 the
-#: data, 3 the envelope header after the offset (`redis_wire.offset_header_rest`),
-#: 4 history size, 5 ttl in ms, 6 a fresh epoch (used only when the meta is missing),
-#: 7 the byte cap (0: none), 8 the bytes counted per entry besides its data, 9 the
-#: origin (optional). Returns ``{offset, epoch, evicted}``, ``evicted`` the entries
-#: dropped by the byte cap (not those trimmed by size).
+#: Publish with history. KEYS: meta hash, stream, and optionally the idempotency key.
+#: ARGV: 1 the pub/sub channel, 2 the data, 3 the envelope header after the offset
+#: (`redis_wire.offset_header_rest`), 4 history size, 5 ttl in ms, 6 a fresh epoch (used
+#: only when the meta is missing), 7 the byte cap (0: none), 8 the bytes counted per
+#: entry besides its data, 9 the origin (empty: none), 10 the idempotency window in ms
+#: (with KEYS[3]). Returns ``{offset, epoch, evicted, duplicate}``, ``evicted`` the
+#: entries dropped by the byte cap (not those trimmed by size), ``duplicate`` 1 when
+#: the idempotency key was seen within its window: then nothing was kept or published
+#: and offset and epoch are the first publish's.
 PUBLISH_WITH_HISTORY: Final = (
     _PRELUDE
     + r"""
-local meta, stream = KEYS[1], KEYS[2]
+local meta, stream, once = KEYS[1], KEYS[2], KEYS[3]
+if once then
+  -- A retry of a publish that went through: answer its result, publish nothing.
+  local seen = redis.call('GET', once)
+  if seen then
+    local first, first_epoch = string.match(seen, '^(%d+):(.*)$')
+    return {tonumber(first), first_epoch, 0, 1}
+  end
+end
 local epoch = redis.call('HGET', meta, 'epoch')
 if not epoch then
   -- The history is new, expired, or lost with Redis's data: a new epoch starts.
@@ -58,7 +69,7 @@ redis.call('HSET', meta, 'ttl', ARGV[5])
 -- The id carries the offset, then the time kept: reads skip entries older than ttl.
 local id = string.format('%d-%d', offset, now_ms())
 local fields = {'data', ARGV[2]}
-if ARGV[9] then
+if ARGV[9] ~= '' then
   fields[3], fields[4] = 'from', ARGV[9]
 end
 redis.call('XADD', stream, id, unpack(fields))
@@ -112,22 +123,35 @@ if excess > 0 or (cap > 0 and total > cap) then
 end
 redis.call('PEXPIRE', meta, ARGV[5])
 redis.call('PEXPIRE', stream, ARGV[5])
+if once then
+  redis.call('SET', once, string.format('%d', offset) .. ':' .. epoch, 'PX', ARGV[10])
+end
 local payload = '\30{"offset":' .. string.format('%d', offset) .. ARGV[3] .. '\n' .. ARGV[2]
 redis.call('PUBLISH', ARGV[1], payload)
-return {offset, epoch, evicted}
+return {offset, epoch, evicted, 0}
 """
 )
 
 #: Read a history. KEYS: meta hash, stream. ARGV: 1 ``since`` or ``newest``, 2 the first
-#: offset wanted (``since`` only), 3 how many live entries at most (empty: all).
-#: Returns ``{}`` without history, else ``{epoch, offset, entry...}`` where each entry
-#: is ``{id, {field, value, ...}}``; oldest first for ``since``, newest first else.
+#: offset wanted (``since`` only), 3 how many live entries at most (empty: all), 4 a
+#: fresh epoch (empty: none), 5 the history ttl in ms (with 4). Without a history and
+#: with a fresh epoch, the history starts now: the meta is created at offset 0 with that
+#: epoch, expiring after the ttl (a publish then continues it). Returns ``{}`` without
+#: history (and no fresh epoch), else ``{epoch, offset, entry...}`` where each entry is
+#: ``{id, {field, value, ...}}``; oldest first for ``since``, newest first else.
 READ_HISTORY: Final = (
     _PRELUDE
     + r"""
 local meta = redis.call('HMGET', KEYS[1], 'epoch', 'offset', 'ttl')
 if not meta[1] then
-  return {}
+  if not ARGV[4] or ARGV[4] == '' then
+    return {}
+  end
+  -- Stream entries that outlived their meta belong to an old epoch.
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', ARGV[4], 'offset', 0, 'ttl', ARGV[5])
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  return {ARGV[4], '0'}
 end
 local cutoff = -1
 if meta[3] then
@@ -171,6 +195,17 @@ while true do
 end
 """
 )
+
+#: Publish without history, once per idempotency key. KEYS: the idempotency key. ARGV:
+#: 1 the pub/sub channel, 2 the payload, 3 the window in ms. Returns what PUBLISH
+#: returns (the receivers), or -1 when the key was seen within its window (a retry of
+#: a publish that went through: nothing is published again).
+PUBLISH_ONCE: Final = r"""
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[3]) then
+  return -1
+end
+return redis.call('PUBLISH', ARGV[1], ARGV[2])
+"""
 
 #: Add or refresh presence entries. KEYS: entries hash, expiry sorted set. ARGV: 1 ttl
 #: in ms, then pairs of client id and entry JSON. Both keys live at least ttl longer.

@@ -146,9 +146,7 @@ class SubscriberSession:
 
     async def _session(self) -> None:
         """Run one subscriber connection until it fails; always raises."""
-        pool = self._client.connection_pool if self._client is not None else None
-        # A sentinel URL's subscriber finds the master through the pool's sentinels.
-        conn = new_subscriber(self._url, timeout=self._timeout, pool=pool)
+        conn = self._new_subscriber()
         reader = keeper = follower = None
         try:
             await conn.connect()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
@@ -168,6 +166,12 @@ class SubscriberSession:
                 await conn.disconnect(nowait=True)
             await self._subs.detach()
             await stop_tasks(reader, keeper, follower)
+
+    def _new_subscriber(self) -> AbstractConnection:
+        """A subscriber connection, not connected yet (a cluster shard's goes to its node)."""
+        pool = self._client.connection_pool if self._client is not None else None
+        # A sentinel URL's subscriber finds the master through the pool's sentinels.
+        return new_subscriber(self._url, timeout=self._timeout, pool=pool)
 
     async def _keep(self) -> None:
         """Resubscribe everything, report CONNECTED, then probe the subscriber until it fails."""
@@ -257,7 +261,10 @@ class SubscriberSession:
         if name == self._probe.name:
             self._probe.on_echo(payload)
             return
-        channel = name[self._prefix_len :].decode()
+        self._deliver(name[self._prefix_len :].decode(), payload)
+
+    def _deliver(self, channel: str, payload: bytes) -> None:
+        """Hand a publication received on ``channel`` (without prefix) to the events."""
         if channel not in self._subs.desired:
             return  # still in flight when the hub unsubscribed: nobody local wants it
         publication = decode_payload(payload)

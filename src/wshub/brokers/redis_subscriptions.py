@@ -129,22 +129,31 @@ class Subscriptions:
                 settle(batch)
             return
         self._acks.append(_Ack(count, batch))
-        commands = [*_chunks("SUBSCRIBE", subs), *_chunks("UNSUBSCRIBE", unsubs)]
+        commands = self._commands(subs, unsubs)
         await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+
+    def _commands(self, subs: list[str], unsubs: list[str]) -> list[tuple[str, ...]]:
+        """The commands that (un)subscribe these Redis names (the cluster's are sharded)."""
+        return [*_chunks("SUBSCRIBE", subs), *_chunks("UNSUBSCRIBE", unsubs)]
+
+    def redis_name(self, channel: str) -> str:
+        """The Redis channel of a wshub channel: ``prefix + channel``."""
+        return self._prefix + channel
 
     def _take_changes(self) -> tuple[list[str], list[str]]:
         """Turn changed channels into Redis names to (un)subscribe, recording them as sent."""
-        desired, server, prefix = self.desired, self._server, self._prefix
+        desired, server = self.desired, self._server
         subs = [c for c in self._dirty if c in desired and c not in server]
         unsubs = [c for c in self._dirty if c not in desired and c in server]
         self._dirty.clear()
         server.update(subs)
         server.difference_update(unsubs)
-        names = [prefix + c for c in subs]
+        name = self.redis_name
+        names = [name(c) for c in subs]
         if not self._probe_sent:
             names.append(self._probe_channel)
             self._probe_sent = True
-        return names, [prefix + c for c in unsubs]
+        return names, [name(c) for c in unsubs]
 
 
 async def wait_batch(batch: asyncio.Future[None] | None) -> None:

@@ -161,7 +161,7 @@ class Connector:
             self._hooks.reply(frame)
             return
         op = frame.get("op")
-        if op == "message":
+        if op == "message" or op == "gap":  # a gap is ordered with the messages
             self._hooks.message(frame)
         elif op == "ping":
             with contextlib.suppress(ConnectionClosed):

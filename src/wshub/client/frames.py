@@ -52,9 +52,11 @@ def is_reply(frame: dict[str, Any]) -> bool:
 
 @dataclasses.dataclass
 class _Pending:
-    future: asyncio.Future[dict[str, Any]]
+    future: asyncio.Future[Any]
     timer: asyncio.TimerHandle
     on_result: Callable[[dict[str, Any]], None] | None = None
+    #: The result as it came (any JSON: an ``rpc``'s), not coerced to an object.
+    raw: bool = False
 
 
 class PendingRequests:
@@ -88,18 +90,41 @@ class PendingRequests:
         Raises:
             ClientError: the server's error, ``timeout``, or ``disconnected``.
         """
+        result: dict[str, Any] = await self._send(ws, frame, on_result, None, raw=False)
+        return result
+
+    async def call(
+        self, ws: ClientConnection, frame: dict[str, Any], wait: float | None = None
+    ) -> Any:
+        """Like `send`, for a reply whose ``result`` is any JSON value (``rpc``).
+
+        Args:
+            wait: seconds to wait for the reply; None: the usual request timeout.
+        """
+        return await self._send(ws, frame, None, wait, raw=True)
+
+    async def _send(
+        self,
+        ws: ClientConnection,
+        frame: dict[str, Any],
+        on_result: Callable[[dict[str, Any]], None] | None,
+        wait: float | None,
+        *,
+        raw: bool,
+    ) -> Any:
         loop = asyncio.get_running_loop()
         request_id = next(self._ids)
-        future: asyncio.Future[dict[str, Any]] = loop.create_future()
+        future: asyncio.Future[Any] = loop.create_future()
+        wait = self._timeout() if wait is None else wait
 
         def expire() -> None:
             self._pending.pop(request_id, None)
             if not future.done():
-                message = f"no reply to {frame.get('op')} within {self._timeout()} s"
+                message = f"no reply to {frame.get('op')} within {wait} s"
                 future.set_exception(ClientError("timeout", message))
 
-        timer = loop.call_later(self._timeout(), expire)
-        self._pending[request_id] = _Pending(future, timer, on_result)
+        timer = loop.call_later(wait, expire)
+        self._pending[request_id] = _Pending(future, timer, on_result, raw)
         try:
             await ws.send(orjson.dumps({**frame, "id": request_id}).decode())
         except ConnectionClosed:
@@ -130,6 +155,9 @@ class PendingRequests:
             pending.future.set_exception(ClientError(code, message))
             return
         result = frame.get("result")
+        if pending.raw:
+            pending.future.set_result(result)
+            return
         result = result if isinstance(result, dict) else {}
         run_callback(pending.on_result, result)  # synchronously: recovered before live messages
         pending.future.set_result(result)

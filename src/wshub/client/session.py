@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -61,6 +62,10 @@ from wshub.client.models import (
 from wshub.client.reconnect import Policy, ReconnectLoop, backoff_delay, reconnect_policy
 from wshub.client.subscriptions import ChannelPositions, ChannelRegistry, Subscription
 from wshub.client.tasks import BackgroundTasks
+
+#: Publish errors `Client.publish` retries with ``retry=True``: the outcome is unknown
+#: (``timeout``, ``disconnected``) or it was not published (``unavailable``).
+_RETRIED = frozenset({"timeout", "unavailable", "disconnected"})
 
 logger = logging.getLogger("wshub.client")
 
@@ -244,9 +249,48 @@ class Client:
                 raise ClientError("timeout", f"no subscribe reply for {channel!r}") from None
         return sub
 
-    async def publish(self, channel: str, data: Any) -> int | None:
-        """Publish ``data``; returns its offset when the channel keeps history."""
-        result = await self.request({"op": "publish", "channel": channel, "data": data})
+    async def publish(
+        self,
+        channel: str,
+        data: Any,
+        *,
+        idempotency_key: str | None = None,
+        retry: bool = False,
+        retry_for: float = 60.0,
+    ) -> int | None:
+        """Publish ``data``; returns its offset when the channel keeps history.
+
+        Args:
+            idempotency_key: 1 to 64 characters: the server publishes nothing for a
+                second publish with the same key to the same channel (within its
+                ``idempotency_window``, 300 s) and answers the first one's offset.
+            retry: retry a publish whose outcome is unknown or that could not be sent
+                (``timeout``, ``unavailable``, ``disconnected``) with backoff, for up
+                to ``retry_for`` seconds, under the same key (one is made up when
+                none was given), so that it is published exactly once.
+
+        Raises:
+            ClientError: the server's error (``timeout``: sent to the broker, maybe
+                published; ``unavailable``: certainly not published), or the last one
+                when retrying gave up.
+        """
+        frame: dict[str, Any] = {"op": "publish", "channel": channel, "data": data}
+        if retry and idempotency_key is None:
+            idempotency_key = uuid.uuid4().hex
+        if idempotency_key is not None:
+            frame["idempotency_key"] = idempotency_key
+        deadline = time.monotonic() + retry_for
+        attempt = 0
+        while True:
+            try:
+                result = await self.request(frame)
+                break
+            except ClientError as exc:
+                if not retry or exc.code not in _RETRIED or time.monotonic() >= deadline:
+                    raise
+            delay = backoff_delay(attempt, self.backoff_base, self.backoff_cap)
+            attempt += 1
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         offset = result.get("offset")
         return offset if isinstance(offset, int) else None
 
@@ -282,6 +326,36 @@ class Client:
         self._schedule_refresh(float(expires) if isinstance(expires, int | float) else None)
         return expires if isinstance(expires, int | float) else None
 
+    async def rpc(
+        self,
+        method: str,
+        params: Any = None,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (the reply's timeout, like request_timeout)
+    ) -> Any:
+        """Call the server method ``method`` (``@hub.rpc``) and return its result (any JSON).
+
+        Args:
+            method: the method's name.
+            params: its parameters, any JSON value (None: none sent).
+            timeout: seconds to wait for the reply once sent (default ``request_timeout``);
+                waiting for a connection first takes up to ``request_timeout``.
+
+        Raises:
+            ClientError: the server's error with its code (``not_found``, ``bad_request``,
+                an `RPCError`'s own code, ``internal``, ``rate_limited``), ``timeout``,
+                ``disconnected`` (the connection dropped first: the call may have run)
+                or ``closed``. A call is never sent twice.
+        """
+        frame: dict[str, Any] = {"op": "rpc", "method": method}
+        if params is not None:
+            frame["params"] = params
+        try:
+            ws = await asyncio.wait_for(self._wait_connected(), self.request_timeout)
+        except TimeoutError:
+            raise ClientError("timeout", f"not connected within {self.request_timeout} s") from None
+        return await self._requests.call(ws, frame, timeout)
+
     async def request(
         self, frame: dict[str, Any], on_result: Callable[[dict[str, Any]], None] | None = None
     ) -> dict[str, Any]:
@@ -304,6 +378,8 @@ class Client:
     def _opened(self, ws: ClientConnection, welcome: dict[str, Any]) -> None:
         self._ws, self.welcome = ws, welcome
         self._reconnect.rejected = None
+        # Before the resubscribes: server-side subscriptions (on_connect hooks) are known.
+        self._channels.adopt(ws, welcome.get("subscribed"))
 
     async def _ready(self, ws: ClientConnection) -> None:
         await self._channels.resubscribe(ws)

@@ -77,11 +77,6 @@ class ChannelPositions:
         p.offset = offset
         return True
 
-    def needs_epoch(self, channel: str) -> bool:
-        """Messages arrived but the epoch is unknown (the channel was empty when joined)."""
-        p = self.positions.get(channel)
-        return p is not None and not p.epoch and (p.offset or 0) > 0
-
     def learn_epoch(self, channel: str, position: dict[str, Any]) -> None:
         """Take the epoch of a position read after the messages delivered so far."""
         p = self.positions.get(channel)
@@ -223,7 +218,6 @@ class ChannelRegistry:
         self._send, self._connection = send, connection
         self._report, self._spawn = report, spawn
         self._channels: dict[str, _Channel] = {}
-        self._epoch_reads: set[str] = set()
 
     def __contains__(self, channel: object) -> bool:
         """Whether ``channel`` has subscriptions (a refused one is dropped)."""
@@ -266,6 +260,36 @@ class ChannelRegistry:
             with contextlib.suppress(ClientError):
                 await self._send(ws, {"op": "unsubscribe", "channel": sub.channel}, None)
 
+    def adopt(self, ws: ClientConnection, subscribed: object) -> None:
+        """Take the server-side subscriptions a ``welcome`` lists (``on_connect`` hooks).
+
+        A channel not known yet is registered without subscriptions, at the position the
+        welcome gives: its messages go to the client's ``on_message``, a `Client.subscribe`
+        to it is answered at once, and after a reconnect it is resubscribed with ``since``
+        like any other. A known channel is resubscribed as usual (with ``since``, that is
+        a recovery on the server's membership). A channel only the server had subscribed
+        (no `Subscription`) that the welcome no longer lists is forgotten.
+        """
+        listed: dict[str, dict[str, Any]] = {}
+        for item in subscribed if isinstance(subscribed, list) else ():
+            if isinstance(item, dict) and isinstance(item.get("channel"), str):
+                listed[item["channel"]] = item
+        positions = self._client.positions
+        for name, entry in list(self._channels.items()):
+            if not entry.subs and name not in listed:
+                del self._channels[name]
+                positions.discard(name)
+        for name, item in listed.items():
+            if name in self._channels:
+                continue
+            offset, epoch = item.get("offset"), item.get("epoch")
+            result: dict[str, Any] = {}
+            if isinstance(offset, int):
+                epoch = epoch if isinstance(epoch, str) else ""
+                positions.set(name, offset, epoch)
+                result = {"offset": offset, "epoch": epoch}
+            self._channels[name] = _Channel(name, sent_on=ws, result=result)
+
     async def resubscribe(self, ws: ClientConnection) -> None:
         """Subscribe every channel on a new connection, asking for what was missed."""
         for entry in list(self._channels.values()):
@@ -273,7 +297,6 @@ class ChannelRegistry:
 
     def detach(self) -> None:
         """The connection ended: every channel is owed a subscribe on the next one."""
-        self._epoch_reads.clear()
         for entry in self._channels.values():
             entry.sent_on = None
             entry.held = None  # not delivered, so recovered again on the next connection
@@ -285,7 +308,11 @@ class ChannelRegistry:
                 sub._stop_iteration()
 
     def on_message(self, frame: dict[str, Any]) -> None:
-        """Deliver a ``message`` frame, unless it duplicates a recovered message."""
+        """Deliver a ``message`` frame, unless it duplicates a recovered message.
+
+        A ``gap`` frame (the server lost publications it could not refill) comes this
+        way too, in order with the messages: see `on_gap`.
+        """
         channel = frame.get("channel")
         if not isinstance(channel, str):
             return
@@ -293,6 +320,9 @@ class ChannelRegistry:
         entry = self._channels.get(channel)
         if entry is not None and entry.held is not None:
             entry.held.append(frame)  # delivered once the recovery's pages are read
+            return
+        if frame.get("op") == "gap":
+            self.on_gap(channel, frame)
             return
         offset = frame.get("offset")
         if entry is not None and not positions.accept(
@@ -304,8 +334,28 @@ class ChannelRegistry:
         if entry is not None:
             for sub in list(entry.subs):
                 sub._deliver(message)
-            if positions.needs_epoch(channel):
-                self._read_epoch(channel)
+
+    def on_gap(self, channel: str, frame: dict[str, Any]) -> None:
+        """``{"op":"gap","channel","epoch","offset"}``: messages after our position were
+        lost on the server's side; what follows continues after ``offset`` in ``epoch``.
+
+        Unless our position is already there (same epoch, at or past ``offset``), the
+        position moves to the frame's and each subscription's ``on_recover`` gets
+        ``Recovery(recovered=False)``: reload the channel's state from the application.
+        """
+        entry = self._channels.get(channel)
+        offset, epoch = frame.get("offset"), frame.get("epoch")
+        if entry is None or not isinstance(offset, int) or not isinstance(epoch, str):
+            return
+        positions = self._client.positions
+        p = positions.positions.get(channel)
+        if p is not None and p.epoch == epoch and p.offset is not None and p.offset >= offset:
+            return  # we have everything up to there already
+        positions.set(channel, offset, epoch)
+        logger.info("wshub client: %s lost messages (gap); resync it", channel)
+        recovery = Recovery(channel, False, 0, offset, epoch)
+        for sub in list(entry.subs):
+            run_callback(sub.on_recover, recovery)
 
     def on_presence(self, frame: dict[str, Any]) -> None:
         """Hand a ``join`` or ``leave`` frame to the channel's subscriptions."""
@@ -325,6 +375,10 @@ class ChannelRegistry:
         fields = self._client.positions.resubscribe_fields(entry.name)
         asked = "since" in fields
         frame = {"op": "subscribe", "channel": entry.name, **fields}
+        if asked and entry.held is None:
+            # Live messages may come before the reply (the server subscribed the channel
+            # itself, in an on_connect hook): held until the recovered ones are delivered.
+            entry.held = []
 
         def applied(result: dict[str, Any]) -> None:
             if self._channels.get(entry.name) is entry:
@@ -364,15 +418,19 @@ class ChannelRegistry:
         positions = self._client.positions
         messages, recovered = positions.apply_subscribe(entry.name, result, asked)
         self._deliver_recovered(entry, messages)
+        held = entry.held or []
         if recovered and result.get("more") and isinstance(result.get("offset"), int):
             # Paginated: read the rest with `history`, holding live messages meanwhile
             # (the server sends those after this reply, before the pages we ask for).
             ws = entry.sent_on
-            entry.held = []
+            entry.held = held
             if ws is not None:
                 self._spawn(self._read_pages(ws, entry, result, len(messages)), "recovery")
             return
+        entry.held = None
         self._recovery_done(entry, result, recovered, len(messages))
+        for frame in held:  # live ones that came before the reply; duplicates dropped
+            self.on_message(frame)
 
     def _deliver_recovered(self, entry: _Channel, items: list[dict[str, Any]]) -> None:
         for item in items:
@@ -384,7 +442,6 @@ class ChannelRegistry:
     def _recovery_done(
         self, entry: _Channel, result: dict[str, Any], recovered: bool | None, count: int
     ) -> None:
-        positions = self._client.positions
         entry.result = result
         for sub in list(entry.subs):
             self._subscribed(sub, result)
@@ -395,8 +452,6 @@ class ChannelRegistry:
                 logger.info("wshub client: %s could not be recovered", entry.name)
             for sub in list(entry.subs):
                 run_callback(sub.on_recover, recovery)
-        if positions.needs_epoch(entry.name):
-            self._read_epoch(entry.name)
 
     async def _read_pages(
         self, ws: ClientConnection, entry: _Channel, result: dict[str, Any], count: int
@@ -457,22 +512,3 @@ class ChannelRegistry:
         sub.result = result
         if not sub.ready.done():
             sub.ready.set_result(result)
-
-    def _read_epoch(self, channel: str) -> None:
-        """The channel was empty when joined: read its epoch so that recovery can work."""
-        if channel in self._epoch_reads or self._client.state is not ClientState.CONNECTED:
-            return
-        self._epoch_reads.add(channel)
-
-        async def read() -> None:
-            try:
-                self._client.positions.learn_epoch(
-                    channel,
-                    await self._client.request({"op": "history", "channel": channel, "limit": 0}),
-                )
-            except ClientError:
-                pass
-            finally:
-                self._epoch_reads.discard(channel)
-
-        self._spawn(read(), "epoch")

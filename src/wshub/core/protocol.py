@@ -18,10 +18,11 @@ import orjson
 
 from wshub.core.channels import MAX_CHANNEL_LENGTH, is_valid_channel
 from wshub.core.errors import ErrorCode, ProtocolError
-from wshub.core.types import Publication
+from wshub.core.types import MAX_IDEMPOTENCY_KEY, Publication
 
 PROTOCOL_VERSION = 1
 MAX_ID_LENGTH = 64
+MAX_METHOD_LENGTH = 100
 MAX_REASON_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes, 2 of them the code
 
 PING: dict[str, Any] = {"op": "ping"}
@@ -38,6 +39,7 @@ class Op(enum.StrEnum):
     REFRESH = "refresh"
     PRESENCE = "presence"
     HISTORY = "history"
+    RPC = "rpc"
 
 
 #: Op values to ops; a lookup that cannot raise, unlike ``Op(value)``.
@@ -57,6 +59,9 @@ class Command:
         epoch: the history epoch the client saw ``since`` in.
         token: the credentials, for ``connect`` and ``refresh``.
         limit: the most publications to return, for ``history``.
+        method: the RPC method's name, for ``rpc``.
+        params: the RPC's parameters as decoded (any value; None when absent), for ``rpc``.
+        idempotency_key: for ``publish``: a retry with the same key publishes nothing.
     """
 
     op: Op
@@ -67,6 +72,9 @@ class Command:
     epoch: str | None = None
     token: str | None = None
     limit: int | None = None
+    method: str | None = None
+    params: Any = None
+    idempotency_key: str | None = None
 
 
 def parse_command(frame: object) -> Command:
@@ -98,11 +106,23 @@ def parse_command(frame: object) -> Command:
         if op is Op.REFRESH and token is None:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "refresh needs 'token'", request_id)
         return Command(op, request_id, token=token)
+    if op is Op.RPC:
+        method = frame.get("method")
+        if method is None:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "rpc needs 'method'", request_id)
+        if not isinstance(method, str) or not 0 < len(method) <= MAX_METHOD_LENGTH:
+            message = f"'method' must be a string of 1 to {MAX_METHOD_LENGTH} characters"
+            raise ProtocolError(ErrorCode.BAD_REQUEST, message, request_id)
+        return Command(op, request_id, method=method, params=frame.get("params"))
     channel = _channel(frame, request_id)
     if op is Op.PUBLISH:
         if "data" not in frame:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "publish needs 'data'", request_id)
-        return Command(op, request_id, channel, data=frame["data"])
+        key = _optional(frame, "idempotency_key", str, request_id)
+        if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
+            message = f"'idempotency_key' must be 1 to {MAX_IDEMPOTENCY_KEY} characters"
+            raise ProtocolError(ErrorCode.BAD_REQUEST, message, request_id)
+        return Command(op, request_id, channel, data=frame["data"], idempotency_key=key)
     if op is Op.SUBSCRIBE or op is Op.HISTORY:
         since = _non_negative(frame, "since", request_id)
         epoch = _optional(frame, "epoch", str, request_id)
@@ -153,34 +173,50 @@ def _optional(
     return value
 
 
-def reply(request_id: int | str, result: dict[str, Any]) -> dict[str, Any]:
-    """Build a success reply."""
+def reply(request_id: int | str, result: Any) -> dict[str, Any]:
+    """Build a success reply (``result`` is an object, or any JSON value for ``rpc``)."""
     return {"id": request_id, "result": result}
 
 
-def error_reply(request_id: int | str | None, code: ErrorCode, message: str) -> dict[str, Any]:
-    """Build a failure reply; ``request_id`` is left out when the frame had none."""
+def error_reply(
+    request_id: int | str | None, code: ErrorCode | str, message: str
+) -> dict[str, Any]:
+    """Build a failure reply; ``request_id`` is left out when the frame had none.
+
+    ``code`` is an `ErrorCode`, or an application's own (an `RPCError`'s).
+    """
     frame: dict[str, Any] = {} if request_id is None else {"id": request_id}
-    frame["error"] = {"code": code.value, "message": message}
+    frame["error"] = {"code": str(code), "message": message}
     return frame
 
 
-def welcome(client: str, user: str | None, ping_interval: float) -> dict[str, Any]:
+def welcome(
+    client: str,
+    user: str | None,
+    ping_interval: float,
+    subscribed: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Build the first frame after accept.
 
     Args:
         client: the connection's id.
         user: the authenticated user, or None for anonymous connections.
         ping_interval: seconds between server pings (the client's watchdog uses it).
+        subscribed: the server-side subscriptions made before the welcome (by
+            ``on_connect`` hooks), each ``{"channel"}`` plus ``"offset"`` and ``"epoch"``
+            when the channel keeps history; the field is left out when there are none.
     """
     ping = int(ping_interval) if float(ping_interval).is_integer() else ping_interval
-    return {
+    frame: dict[str, Any] = {
         "op": "welcome",
         "client": client,
         "user": user,
         "ping": ping,
         "version": PROTOCOL_VERSION,
     }
+    if subscribed:
+        frame["subscribed"] = subscribed
+    return frame
 
 
 def truncate_reason(reason: str, limit: int = MAX_REASON_BYTES) -> str:

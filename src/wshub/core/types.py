@@ -41,6 +41,24 @@ class PublishResult:
     epoch: str | None = None
 
 
+#: The longest idempotency key a publish may carry.
+MAX_IDEMPOTENCY_KEY = 64
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Idempotency:
+    """A publish's idempotency key: a second publish with the same key to the same
+    channel within ``window`` seconds publishes nothing and answers the first's result.
+
+    Attributes:
+        key: the key, 1 to `MAX_IDEMPOTENCY_KEY` characters.
+        window: seconds the key is remembered (setting ``idempotency_window``).
+    """
+
+    key: str
+    window: float
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class HistoryOptions:
     """How much of a channel's past a broker keeps.

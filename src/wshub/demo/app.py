@@ -1,6 +1,9 @@
 """The demo app: the seed tutorial's chat at /ws/chat, the protocol endpoint at /ws, a page at /.
 
-Run it with ``make run`` or ``wshub serve wshub.demo:app``.
+The page's rooms are ``chat:<room>`` channels, typed: a message is a `ChatMessage`
+(``text`` of 1 to 500 characters, stripped), and the `stamp` hook sets ``user`` and
+``ts`` on the server. Run it with ``make run`` or ``wshub serve wshub.demo:app``;
+``wshub types --ts wshub.demo:app`` prints its types for TypeScript.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, WebSocket
 from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, Field, StringConstraints
 
 from wshub.core.errors import BrokerUnavailable, CloseCode, PublishError
 from wshub.hub.connection import Connection
@@ -23,22 +27,35 @@ from wshub.ops.asyncapi import add_asyncapi
 from wshub.ops.metrics import add_metrics
 from wshub.server.auth import Identity
 from wshub.server.fastapi import add_health_routes, mount
+from wshub.server.sse import mount_sse
 
 logger = logging.getLogger("wshub.demo")
 
-# chat:<room> keeps 100 messages for 5 minutes (recovery on reconnect) and shows
-# who is there; every other channel is open, without history or presence.
+
+class ChatMessage(BaseModel):
+    """A message in a chat room: the client sends ``text``; the server stamps the rest."""
+
+    text: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+    user: str | None = Field(None, max_length=100, description="the author (set by the server)")
+    ts: float | None = Field(None, description="ms since the Unix epoch (set by the server)")
+
+
+# chat:<room> carries ChatMessages, keeps 100 of them for 5 minutes (recovery on
+# reconnect) and shows who is there; every other channel is open and untyped.
 hub = Hub(
     namespaces={
-        "chat": Namespace(history_size=100, history_ttl=300, presence=True, join_leave=True),
+        "chat": Namespace(
+            history_size=100, history_ttl=300, presence=True, join_leave=True, model=ChatMessage
+        ),
         "*": Namespace(),
     }
 )
 app = FastAPI(title="wshub demo", lifespan=hub.lifespan)
 mount(app, hub, "/ws")
+mount_sse(app, hub, "/sse")  # GET /sse?channel=..., POST /sse/publish
 add_health_routes(app, hub)
 add_metrics(app, hub)  # /metrics
-add_asyncapi(app, "/ws")  # /asyncapi.json
+add_asyncapi(app, "/ws", hub=hub)  # /asyncapi.json, with ChatMessage and the RPCs
 add_api(app, hub)  # /api/publish, ... when WSHUB_API_KEY is set
 
 
@@ -68,6 +85,48 @@ async def chat(ws: WebSocket, who: Annotated[Identity, Depends(hub.authenticate)
                 break
 
 
+@hub.on_publish("chat")
+async def stamp(conn: Connection | None, channel: str, data: dict[str, Any]) -> dict[str, Any]:
+    """Stamp ``user`` and ``ts`` on every chat message, on the server.
+
+    A connection's message gets its authenticated user (anonymous ones keep the nick
+    they sent, or "anon") and the server's clock; server code (``hub.publish``, the
+    HTTP API) may set both itself. ``data`` is `ChatMessage`'s dump, validated already.
+    """
+    if conn is not None:
+        data["user"] = conn.user or data.get("user") or "anon"
+        data["ts"] = round(time.time() * 1000)
+    else:
+        data["user"] = data.get("user") or "server"
+        data["ts"] = data.get("ts") or round(time.time() * 1000)
+    return data
+
+
+class Room(BaseModel):
+    """A chat room with members."""
+
+    name: str = Field(description="the room, without its 'chat:' prefix")
+    members: int = Field(description="connections subscribed to it in this process")
+
+
+class RoomsResult(BaseModel):
+    """The active rooms, busiest first."""
+
+    rooms: list[Room]
+
+
+@hub.rpc("rooms")
+async def rooms(conn: Connection) -> RoomsResult:
+    """List the active chat rooms (with members in this process), busiest first."""
+    active = [
+        Room(name=channel.partition(":")[2], members=count)
+        for channel, count in hub.channel_counts().items()
+        if channel.startswith("chat:")
+    ]
+    active.sort(key=lambda room: (-room.members, room.name))
+    return RoomsResult(rooms=active)
+
+
 def _refuse(conn: Connection, reason: str) -> None:
     """Close a chat connection for a bad message with 1008, logging one short line."""
     logger.warning("chat connection %s: %s; closed with 1008", conn.id, reason)
@@ -86,6 +145,16 @@ async def dashboard() -> str:
     return (files("wshub.demo") / "static" / "dashboard.html").read_text()
 
 
+def _rpc_stats() -> dict[str, Any]:
+    """RPC calls since start and their mean latency in ms (None before the first)."""
+    stats = hub.stats
+    calls = getattr(stats, "rpc_calls", 0)
+    latency = getattr(stats, "rpc_latency", None)
+    timed = latency.count if latency is not None else 0
+    mean = latency.sum / timed * 1000 if latency is not None and timed else None
+    return {"calls": calls, "latency_ms": mean}
+
+
 @app.get("/dashboard/stats")
 async def dashboard_stats() -> dict[str, Any]:
     """The dashboard's data: gauges now, and counters since start (the page takes rates)."""
@@ -100,6 +169,7 @@ async def dashboard_stats() -> dict[str, Any]:
         + sum(conn.queue.dropped for conn in connections),
         "broker": hub.broker_state.value,
         "ready": hub.ready,
+        "rpc": _rpc_stats(),
         "stats": {  # the plain counters (HubStats also holds histograms)
             field.name: value
             for field in dataclasses.fields(hub.stats)

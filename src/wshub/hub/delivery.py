@@ -23,8 +23,9 @@ from wshub.core.channels import BROADCAST_CHANNEL
 from wshub.core.codecs import CODECS, encode_data
 from wshub.core.errors import PublishError
 from wshub.core.sendqueue import Frame
-from wshub.core.types import HistoryOptions, Publication, PublishResult
+from wshub.core.types import HistoryOptions, Idempotency, Publication, PublishResult
 from wshub.hub.connection import Connection
+from wshub.hub.gaps import GapFiller
 from wshub.hub.registry import Registry
 from wshub.hub.stats import HubStats
 
@@ -67,6 +68,9 @@ class Delivery:
         # Publishes since writers last got to run, and whether a recipient's queue is filling.
         self._unyielded = 0
         self._backlogged = False
+        #: The last offset delivered per tracked channel (`GapFiller.last`), and the filler.
+        self.positions: dict[str, int] = {}
+        self.gaps: GapFiller | None = None
 
     def mark_dirty(self, conn: Connection) -> None:
         """Flush ``conn`` straight to its transport at the end of this loop iteration.
@@ -90,6 +94,7 @@ class Delivery:
         data: object,
         origin: str | None,
         history: HistoryOptions | None,
+        idempotency: Idempotency | None = None,
     ) -> PublishResult:
         """Encode ``data`` once and hand it to the broker; see `Hub.publish`."""
         try:
@@ -100,7 +105,12 @@ class Delivery:
         # No await before the broker call: brokers take a publication before their
         # first suspension, so concurrent publishes reach them in the order they began.
         try:
-            result = await self.broker.publish(channel, payload, origin=origin, history=history)
+            if idempotency is None:
+                result = await self.broker.publish(channel, payload, origin=origin, history=history)
+            else:  # only then: engines written before idempotency keys need not take one
+                result = await self.broker.publish(
+                    channel, payload, origin=origin, history=history, idempotency=idempotency
+                )
         except BaseException:
             if timed is not None:
                 self._publish_started.pop(timed, None)
@@ -166,13 +176,46 @@ class Delivery:
             conn.close(code, reason)
 
     def on_publication(self, channel: str, publication: Publication) -> None:
-        """Fan a publication out to local members (`BrokerEvents`); never blocks."""
+        """Fan a publication out to local members (`BrokerEvents`); never blocks.
+
+        On a channel with history the offset is checked first (`wshub.hub.gaps`): one
+        dict lookup and one compare per publication; one that is not the next offset
+        is handed to the `GapFiller`, which holds it while the hole is refilled.
+        """
         self.stats.publications += 1
+        offset = publication.offset
+        if offset is not None:
+            last = self.positions.get(channel)
+            if last is None:
+                if self.gaps is not None:
+                    self.gaps.note_untracked(channel, offset)
+            elif offset == last + 1:
+                self.positions[channel] = offset
+            elif self.gaps is not None and self.gaps.unexpected(channel, publication):
+                if self._publish_started:
+                    self._publish_started.pop((channel, publication.data), None)
+                return
         started = (
             self._publish_started.pop((channel, publication.data), None)
             if self._publish_started
             else None
         )
+        self.fan_out(channel, publication, started)
+
+    def fan_out(
+        self,
+        channel: str,
+        publication: Publication,
+        started: float | None = None,
+        floors: dict[Connection, int] | None = None,
+    ) -> None:
+        """Enqueue ``publication`` for every local member of ``channel``.
+
+        Args:
+            started: when it was published here, for the latency histogram.
+            floors: members that must not get offsets up to their floor (refills:
+                their subscribe reply carried those already).
+        """
         members = self.registry.members(channel)
         if (
             channel[0] == "#"
@@ -188,6 +231,9 @@ class Delivery:
         built = [False] * len(CODECS)
         count = 0
         for conn in members:
+            if floors and (offset := publication.offset) is not None:
+                if floors.get(conn, 0) >= offset:
+                    continue  # its subscribe reply carried this one already
             index = conn.codec.index
             if not built[index]:
                 frames[index], built[index] = conn.codec.message(channel, publication), True

@@ -9,6 +9,7 @@ together and keeps the public methods; it knows no endpoint and no token scheme.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import weakref
@@ -25,19 +26,31 @@ from wshub.core.channels import BROADCAST_CHANNEL, is_valid_channel, user_channe
 from wshub.core.codecs import RAW_JSON, Codec
 from wshub.core.errors import CloseCode, ErrorCode, ProtocolError
 from wshub.core.sendqueue import OverflowPolicy, SendQueue
-from wshub.core.types import HistoryOptions, Publication, PublishResult
+from wshub.core.types import (
+    MAX_IDEMPOTENCY_KEY,
+    HistoryOptions,
+    Idempotency,
+    Publication,
+    PublishResult,
+)
 from wshub.hub.connect import ConnectContext
 from wshub.hub.connection import Connection
 from wshub.hub.connection_log import log_refused
 from wshub.hub.delivery import DISCONNECT_ORIGIN, Delivery, sendable_close_code
+from wshub.hub.gaps import GapFiller
+from wshub.hub.hooks import ConnectHooks
+from wshub.hub.hooks import F as ConnectHookT
 from wshub.hub.identity import ANONYMOUS, Authenticator, Identity, default_authenticator
 from wshub.hub.identity import websocket_identity as websocket_identity
 from wshub.hub.lifecycle import Lifecycle
 from wshub.hub.membership import Membership
 from wshub.hub.permissions import Namespace, Permissions, PublishHook, SubscribeHook
 from wshub.hub.presence import PresenceTracker
+from wshub.hub.publish_hooks import H, Prepared, PublishPipeline
 from wshub.hub.recovery import Recovery
 from wshub.hub.registry import Registry
+from wshub.hub.rpc import H as RPCHandlerT
+from wshub.hub.rpc import RPCMethod, RPCRegistry
 from wshub.hub.stats import HubStats
 from wshub.settings import Settings
 
@@ -106,9 +119,20 @@ class Hub:
         )  # fmt: skip
         self.delivery = Delivery(broker, self.registry, self.membership.subscribed, self.stats)
         self.recovery = Recovery(broker, self.permissions, self.membership)
+        # Gap detection and refill on channels with history (wshub.hub.gaps).
+        self.gaps = GapFiller(
+            broker, self.registry, self.delivery, self.recovery.history_options, self.stats
+        )
+        self.delivery.gaps, self.delivery.positions = self.gaps, self.gaps.last
+        self.recovery.gaps = self.gaps
+        self.membership.on_unsubscribed = self.gaps.untrack
+        self._gap_checks: asyncio.Task[None] | None = None
         self.lifecycle = Lifecycle(
             settings, broker, self.registry, self.membership, self.presence_tracker, self.stats
         )
+        self.publish_pipeline = PublishPipeline(self.permissions)
+        self.rpc_registry = RPCRegistry()
+        self.connect_hooks = ConnectHooks()
         self.mark_dirty = self.delivery.mark_dirty
         self.on_publication: Callable[[str, Publication], None] = self.delivery.on_publication
 
@@ -119,12 +143,21 @@ class Hub:
         if self.lifecycle.started:
             return
         await self.lifecycle.start(self, [self.auth.query_param] if self.auth else [])
+        self._gap_checks = asyncio.get_running_loop().create_task(
+            self.gaps.run(self.settings.position_check_interval), name="wshub-position-checks"
+        )
         _RUNNING.add(self)
 
     async def close(self) -> None:
         """Close every connection (1001, after draining), then stop the broker. Idempotent."""
         if not self.lifecycle.started:
             return
+        checks, self._gap_checks = self._gap_checks, None
+        if checks is not None:
+            checks.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await checks
+        await self.gaps.close()
         await self.lifecycle.close()
         _RUNNING.discard(self)
 
@@ -160,6 +193,10 @@ class Hub:
         """Record the broker's state (`BrokerEvents`)."""
         if state is not self.broker_state:
             logger.info("broker %s", state.value)
+            if state is BrokerState.CONNECTED and self.broker_state is BrokerState.DISCONNECTED:
+                # Reconnected and resubscribed: publications made meanwhile reached
+                # nobody here; refill them from the history (wshub.hub.gaps).
+                self.gaps.check_all()
         self.broker_state = state
 
     # -- connections ----------------------------------------------------------------------
@@ -266,6 +303,33 @@ class Hub:
         """The local connections of ``user``."""
         return list(self.registry.users.get(user, ()))
 
+    # -- application logic: RPC methods, connect hooks ---------------------------------------
+
+    def rpc(self, name: str | None = None) -> Callable[[RPCHandlerT], RPCHandlerT]:
+        """Decorator: ``@hub.rpc("name")`` on ``async def handler(conn, params) -> result``.
+
+        Protocol clients call it with ``{"op":"rpc","id":N,"method":"name","params":..}``.
+        A ``params`` annotated with a Pydantic model is validated into it; a model result
+        is sent as ``model_dump(mode="json")``. Raise `wshub.RPCError` to answer with
+        an error code of your own. See `wshub.hub.rpc`.
+        """
+        return self.rpc_registry.decorator(name)
+
+    def rpc_methods(self) -> dict[str, RPCMethod]:
+        """The RPC methods by name: each `RPCMethod` has ``.handler``, ``.params_model``,
+        ``.result_model`` (a Pydantic model class or None) and ``.summary``."""
+        return self.rpc_registry.methods()
+
+    def on_connect(self, hook: ConnectHookT) -> ConnectHookT:
+        """Decorator: run ``async def hook(conn) -> None`` as each protocol connection opens.
+
+        After authentication, before the welcome; ``await conn.subscribe(channel)`` in it
+        subscribes the client server-side (listed in the welcome as ``subscribed``).
+        Raise `wshub.RPCError` to refuse: close 4003. Protocol endpoint only. See
+        `wshub.hub.hooks`.
+        """
+        return self.connect_hooks.add(hook)
+
     # -- subscriptions, history, presence -----------------------------------------------
 
     async def subscribe(self, conn: Connection, channel: str) -> bool:
@@ -335,28 +399,68 @@ class Hub:
 
     # -- publishing ------------------------------------------------------------------------
 
+    def on_publish(self, namespace: str) -> Callable[[H], H]:
+        """Decorator: run ``async def hook(conn, channel, data) -> data`` on publishes.
+
+        The hook runs for every publication to the channels of ``namespace`` (``"*"``:
+        the namespaces not listed by name), after the permissions and the namespace's
+        model, before the broker: what it returns is what history keeps and every
+        subscriber receives. ``conn`` is the publishing `Connection`, None for
+        server-side publishes (`publish`, the HTTP API). Raise `wshub.RPCError` to
+        refuse with that code. Publications from a `Publisher` (other processes,
+        straight to Redis) do not run it. See `wshub.hub.publish_hooks`.
+        """
+        return self.publish_pipeline.on_publish(namespace)
+
     async def publish(
-        self, channel: str, data: object, *, origin: str | None = None
+        self,
+        channel: str,
+        data: object,
+        *,
+        origin: str | None = None,
+        idempotency_key: str | None = None,
     ) -> PublishResult:
         """Publish ``data`` to every member of ``channel`` in every process.
+
+        With a namespace model or ``on_publish`` hooks, ``data`` is validated and
+        passed through the hooks first (``conn`` None), and their result is published.
 
         Args:
             channel: the channel name.
             data: any JSON-representable value; encoded once, here.
             origin: the publishing connection's id, sent to subscribers as ``from``.
+            idempotency_key: 1 to 64 characters: a publish with the same key to the
+                same channel within ``idempotency_window`` seconds publishes nothing
+                and returns the first one's result (retry `PublishTimeout` with it).
 
         Returns:
             The broker's result (the offset, when the channel keeps history).
 
         Raises:
+            InvalidPublication: ``data`` does not fit the namespace's model (a
+                `PublishError`; its message names the field).
+            RPCError: an ``on_publish`` hook refused the publication.
             PublishError: JSON cannot represent ``data``.
-            ValueError: the channel name is invalid.
+            ValueError: the channel name (or the idempotency key) is invalid.
+            PublishTimeout: sent to the broker, no answer in time: outcome unknown.
             BrokerUnavailable: the broker is down; nobody received the publication.
         """
         if not is_valid_channel(channel):
             raise ValueError(f"invalid channel name {channel!r}")
+        once = None
+        if idempotency_key is not None:
+            if not isinstance(idempotency_key, str) or not (
+                0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY
+            ):
+                raise ValueError(f"idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
+            once = Idempotency(idempotency_key, self.settings.idempotency_window)
+        if type(data) is Prepared:
+            # Prepared by the protocol endpoint, in frame order: no await before the broker.
+            data = data.data
+        elif self.publish_pipeline.needed(channel):
+            data = await self.publish_pipeline.prepare(None, channel, data)
         history = self.recovery.history_options(channel)
-        return await self.delivery.publish(channel, data, origin, history)
+        return await self.delivery.publish(channel, data, origin, history, once)
 
     async def send_to_user(self, user: str, data: object) -> PublishResult:
         """Send ``data`` to every connection of ``user``, in every process.

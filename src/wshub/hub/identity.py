@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from starlette.exceptions import WebSocketException
+from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocket, WebSocketState
 
 from wshub.core.errors import CloseCode, WshubError
@@ -85,8 +86,11 @@ class Authenticator(abc.ABC):
             AuthError: the token is invalid, expired or not yet valid.
         """
 
-    def handshake_token(self, websocket: WebSocket) -> str | None:
-        """Return the token the handshake carries, if any (header, cookie, then query)."""
+    def handshake_token(self, websocket: HTTPConnection) -> str | None:
+        """Return the token the handshake carries, if any (header, cookie, then query).
+
+        Any HTTP connection works: a WebSocket handshake, or a plain request (SSE).
+        """
         scheme, _, credentials = websocket.headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and credentials.strip():
             return credentials.strip()
@@ -94,7 +98,7 @@ class Authenticator(abc.ABC):
             websocket.query_params.get(self.query_param) or None
         )
 
-    async def __call__(self, websocket: WebSocket) -> Identity | None:
+    async def __call__(self, websocket: HTTPConnection) -> Identity | None:
         """Authenticate a handshake.
 
         Returns:

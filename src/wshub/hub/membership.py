@@ -9,6 +9,7 @@ subscriptions in line with them.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from wshub.brokers.base import Broker
 from wshub.brokers.presence import ClientInfo
@@ -48,6 +49,8 @@ class Membership:
         self.presence = presence
         self.max_subscriptions = max_subscriptions
         self.subscribed: set[str] = set()
+        #: Called with a channel the broker leaves (its last local member left).
+        self.on_unsubscribed: Callable[[str], None] | None = None
         self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
 
     async def start(self) -> None:
@@ -116,6 +119,8 @@ class Membership:
                     self.subscribed.add(channel)
                 elif have and not wanted:
                     self.subscribed.discard(channel)
+                    if self.on_unsubscribed is not None:
+                        self.on_unsubscribed(channel)
                     await self.broker.unsubscribe([channel])
         finally:
             entry[1][0] -= 1

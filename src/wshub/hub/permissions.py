@@ -12,6 +12,13 @@ When namespaces are configured, a channel in a namespace that is not listed is
 refused, so that a typo cannot open a channel nobody meant to open, unless a
 ``"*"`` entry gives rules for every namespace not listed. Channels without a
 ``:`` belong to the namespace ``""``.
+
+A namespace may also type its publications: ``Namespace(model=ChatMessage)``
+validates every publication to its channels against the pydantic model, at every
+publish entry point (protocol clients, ``hub.publish``, the HTTP API, `Publisher`),
+and publishes ``model_dump(mode="json")`` (defaults filled in, types normalised).
+Refusals are `InvalidPublication` (a `PublishError`): ``bad_request`` on the wire,
+400 from the HTTP API. Publications arriving from the broker are not validated again.
 """
 
 from __future__ import annotations
@@ -19,9 +26,12 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
 
 from wshub.core.channels import namespace_of
-from wshub.core.errors import ErrorCode, ProtocolError
+from wshub.core.errors import ErrorCode, ProtocolError, PublishError
 
 PERSONAL_NAMESPACE = "user"
 #: The key of the rules for namespaces not listed by name.
@@ -59,6 +69,9 @@ class Namespace:
             cap but ``history_size`` and the memory broker's ``history_max_memory``.
         presence: track who is in each channel.
         join_leave: send join/leave frames to subscribers.
+        model: a pydantic model every publication to the namespace's channels must
+            validate against; what is published is its ``model_dump(mode="json")``
+            (see `Namespace.validate`). None: any JSON value.
     """
 
     subscribe: Access = Access.ANY
@@ -68,6 +81,7 @@ class Namespace:
     history_max_bytes: int | None = 1024 * 1024
     presence: bool = False
     join_leave: bool = False
+    model: type[BaseModel] | None = None
 
     def __post_init__(self) -> None:
         # A history with no ttl would keep each publication for no time at all:
@@ -78,6 +92,68 @@ class Namespace:
             raise ValueError("history_max_bytes cannot be negative (0 or None: no cap)")
         if self.history_size > 0 and self.history_ttl <= 0:
             raise ValueError("a namespace that keeps history needs history_ttl > 0 (seconds)")
+        if self.model is not None and not (
+            isinstance(self.model, type) and issubclass(self.model, BaseModel)
+        ):
+            raise TypeError(f"model must be a pydantic BaseModel subclass, not {self.model!r}")
+
+    def validate(self, channel: str, data: object) -> object:
+        """Validate ``data`` published to ``channel`` against `model`, if any.
+
+        Returns:
+            ``data`` unchanged without a model; else the validated model's
+            ``model_dump(mode="json")``: defaults filled in, types normalised, ready
+            for JSON. A model instance is validated (and dumped) like a dict.
+
+        Raises:
+            InvalidPublication: ``data`` does not fit the model; its message names
+                the first offending field.
+        """
+        model = self.model
+        if model is None:
+            return data
+        try:
+            if isinstance(data, BaseModel):
+                data = data.model_dump()
+            return model.model_validate(data).model_dump(mode="json")
+        except ValidationError as exc:
+            raise InvalidPublication(channel, model, exc) from None
+
+
+class InvalidPublication(PublishError):
+    """Data that does not fit its namespace's model (`Namespace.model`).
+
+    A `PublishError`: protocol clients get ``bad_request`` with this message, the
+    HTTP API answers 400 with it, and ``hub.publish`` and `Publisher` raise it.
+
+    Attributes:
+        channel: the channel published to.
+        model: the namespace's model.
+        errors: pydantic's errors (``ValidationError.errors()``, JSON-ready).
+        message: "invalid data for 'chat:lobby' (ChatMessage): text: String should
+            have at least 1 character", naming the first offending field.
+    """
+
+    def __init__(self, channel: str, model: type[BaseModel], error: ValidationError) -> None:
+        self.channel = channel
+        self.model = model
+        details = error.errors(include_url=False, include_context=False, include_input=False)
+        self.errors: list[dict[str, Any]] = [dict(detail) for detail in details]
+        self.message = f"invalid data for {channel!r} ({model.__name__}): " + _describe(self.errors)
+        super().__init__(self.message)
+
+
+def _describe(errors: list[dict[str, Any]]) -> str:
+    """The first error as ``text: String should ...``, and how many more there are."""
+    if not errors:
+        return "invalid"
+    first = errors[0]
+    where = ".".join(str(part) for part in first.get("loc", ())) or "data"
+    text = f"{where}: {first.get('msg', 'invalid')}"
+    if len(errors) > 1:
+        more = len(errors) - 1
+        text += f" (and {more} more error{'s' if more > 1 else ''})"
+    return text
 
 
 DEFAULT_NAMESPACE = Namespace()

@@ -16,6 +16,7 @@ from wshub.core.protocol import publication_object
 from wshub.core.sendqueue import Frame
 from wshub.core.types import HistoryOptions, Publication
 from wshub.hub.connection import Connection
+from wshub.hub.gaps import GapFiller
 from wshub.hub.membership import Membership
 from wshub.hub.permissions import Permissions
 
@@ -74,6 +75,8 @@ class Recovery:
         self.broker = broker
         self.permissions = permissions
         self.membership = membership
+        #: The hub's gap filler, told of each subscribe's position (`GapFiller.joined`).
+        self.gaps: GapFiller | None = None
 
     def history_options(self, channel: str) -> HistoryOptions | None:
         """The history ``channel`` keeps by its namespace, or None."""
@@ -95,7 +98,9 @@ class Recovery:
         if not self.keeps_history(channel):
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"{channel!r} keeps no history")
         assert isinstance(self.broker, History)
-        return await self.broker.history(channel, since=since, limit=limit)
+        # With the options: a channel read before its first publish gets its epoch now.
+        options = self.history_options(channel)
+        return await self.broker.history(channel, since=since, limit=limit, options=options)
 
     async def history_reply(
         self, conn: Connection, channel: str, since: int | None, limit: int | None
@@ -152,7 +157,8 @@ class Recovery:
 
         Raises:
             ProtocolError: as `Hub.subscribe`.
-            BrokerUnavailable: the history could not be read (the subscribe is undone).
+            BrokerUnavailable: the history could not be read (the subscribe is undone,
+                unless ``conn`` was a member already).
         """
         membership = self.membership
         if not self.keeps_history(channel):
@@ -162,15 +168,21 @@ class Recovery:
         assert isinstance(self.broker, History)
         held: list[tuple[int | None, Frame]] = []
         conn.recovering[channel] = held
+        # A member already (a server-side subscription, or a repeated subscribe): then
+        # this is a recovery on the live membership, with the same hold.
+        member = channel in conn.channels
         try:
             await membership.subscribe(conn, channel)
             # since=0 (saw nothing yet) asks for everything: only None means position only.
             # Everything, but at most one page: the client reads the rest with `history`.
             limit = PAGE_MAX_MESSAGES + 1 if since is not None else 0
-            page = await self.broker.history(channel, since=since, limit=limit)
+            page = await self.broker.history(
+                channel, since=since, limit=limit, options=self.history_options(channel)
+            )
         except BaseException:
             conn.recovering.pop(channel, None)
-            await membership.unsubscribe(conn, channel)
+            if not member:  # a membership that was there before stays
+                await membership.unsubscribe(conn, channel)
             raise
         # No await from here on: the reply and the held frames go out in this order.
         del conn.recovering[channel]
@@ -178,6 +190,8 @@ class Recovery:
         for offset, frame in held:
             if offset is None or offset > page.position.offset:
                 conn.enqueue(frame)
+        if self.gaps is not None:
+            self.gaps.joined(conn, channel, page.position)
 
 
 def _result(

@@ -31,6 +31,12 @@ class HubStats:
         publish_latency: seconds from `Hub.publish` in this process to the publication
             being enqueued for its local members (publications to channels with local
             members only).
+        gap_refills: holes in a channel's live delivery refilled from its history.
+        gap_refilled: publications delivered by those refills.
+        gaps_unrecoverable: holes the history no longer covered (or a new epoch):
+            ``gap`` frames were sent to the channel's members.
+        rpc_calls: RPC requests dispatched to a method (``@hub.rpc``), answered or not.
+        rpc_latency: seconds from an RPC request's dispatch to its reply or error.
     """
 
     connections: int = 0
@@ -48,6 +54,11 @@ class HubStats:
     drops: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     auth_reasons: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     publish_latency: Buckets = dataclasses.field(default_factory=lambda: Buckets(LATENCY_BOUNDS))
+    rpc_calls: int = 0
+    gap_refills: int = 0
+    gap_refilled: int = 0
+    gaps_unrecoverable: int = 0
+    rpc_latency: Buckets = dataclasses.field(default_factory=lambda: Buckets(LATENCY_BOUNDS))
 
     def auth_failed(self, reason: str) -> None:
         """Count one authentication failure with its close reason."""

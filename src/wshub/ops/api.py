@@ -3,7 +3,10 @@
 Routes under ``/api`` (see `add_api`), each guarded by the API key of the
 ``WSHUB_API_KEY`` setting, sent as ``Authorization: apikey <key>``:
 
-- ``POST /api/publish`` ``{channel, data}``: publish to a channel, in every process;
+- ``POST /api/publish`` ``{channel, data, idempotency_key?}``: publish to a channel, in
+  every process (validated against the namespace's model and run through its
+  ``on_publish`` hooks, with ``conn`` None, as ``hub.publish`` does: a refusal is 400
+  ``{"detail": {"code": "bad_request" or the hook's code, "message": ...}}``);
 - ``POST /api/broadcast`` ``{channels, data}``: publish one data to many channels;
 - ``GET /api/channels``: channels with members in THIS process, with their counts;
 - ``GET /api/presence/{channel}``: who is in a channel, in every process;
@@ -15,7 +18,9 @@ Without a key configured the routes are not mounted at all (404, and absent from
 the OpenAPI document): the API is off, never open. A missing or wrong key gets
 401; a body larger than `max_body_size` (``max_message_size`` plus `ENVELOPE_BYTES`)
 413; a bad body 422 with FastAPI's usual ``detail``; a refused request 400/403;
-a broker that is down 503. Errors other than 422 have the body
+a broker that is down 503 (not published); a publish sent to the broker but not
+answered in time 504 ``timeout`` (maybe published: retry with the same
+``idempotency_key``). Errors other than 422 have the body
 ``{"detail": {"code": <wire error code>, "message": ...}}``.
 
 The key and the size are checked before a byte of the body is read (`GuardedRoute`):
@@ -41,8 +46,17 @@ from starlette.types import Message as ASGIMessage
 from starlette.types import Receive
 
 from wshub.core.channels import CHANNEL_CHARS, MAX_CHANNEL_LENGTH
-from wshub.core.errors import BrokerUnavailable, CloseCode, ErrorCode, ProtocolError, PublishError
+from wshub.core.errors import (
+    BrokerUnavailable,
+    CloseCode,
+    ErrorCode,
+    ProtocolError,
+    PublishError,
+    PublishTimeout,
+    RPCError,
+)
 from wshub.core.protocol import MAX_REASON_BYTES, publication_object
+from wshub.core.types import MAX_IDEMPOTENCY_KEY
 from wshub.hub.facade import Hub, sendable_close_code
 from wshub.settings import Settings
 
@@ -68,6 +82,7 @@ _STATUS = {
     ErrorCode.TOO_LARGE: 413,
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.TIMEOUT: 504,
     ErrorCode.INTERNAL: 500,
 }
 
@@ -79,7 +94,16 @@ class PublishRequest(BaseModel):
     """Publish ``data`` to ``channel``."""
 
     channel: Channel
-    data: Any = Field(description="any JSON value, delivered as it is")
+    data: Any = Field(
+        description="any JSON value; checked against the namespace's model, if it has one"
+    )
+    idempotency_key: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_IDEMPOTENCY_KEY,
+        description="a retry with the same key (same channel, within idempotency_window) "
+        "publishes nothing and answers the first publish's result",
+    )
 
 
 class PublishResponse(BaseModel):
@@ -93,7 +117,9 @@ class BroadcastRequest(BaseModel):
     """Publish one ``data`` to each of ``channels``."""
 
     channels: list[Channel] = Field(min_length=1, max_length=MAX_BROADCAST_CHANNELS)
-    data: Any = Field(description="any JSON value, delivered as it is")
+    data: Any = Field(
+        description="any JSON value; checked against the namespace's model, if it has one"
+    )
 
 
 class BroadcastResponse(BaseModel):
@@ -298,11 +324,18 @@ def _answers() -> Iterator[None]:
     """Turn the hub's errors into HTTP errors."""
     try:
         yield
+    except PublishTimeout as exc:  # sent, unanswered: retry with the same idempotency key
+        raise _error(504, ErrorCode.TIMEOUT, str(exc) or "no answer") from None
     except BrokerUnavailable as exc:
         raise _error(503, ErrorCode.UNAVAILABLE, str(exc) or "broker down") from None
     except ProtocolError as exc:
         raise _error(_STATUS.get(exc.code, 400), exc.code, exc.message) from None
+    except RPCError as exc:  # an on_publish hook refused: 400 with the hook's own code
+        detail = {"code": exc.code, "message": exc.message or exc.code}
+        raise HTTPException(400, detail) from None
     except (PublishError, ValueError) as exc:
+        # InvalidPublication (a namespace model refused the data) included: the same
+        # message a protocol client gets with bad_request, naming the field.
         raise _error(400, ErrorCode.BAD_REQUEST, str(exc)) from None
 
 
@@ -332,7 +365,9 @@ def api_router(hub: Hub, key: str) -> APIRouter:
     async def publish(body: PublishRequest) -> PublishResponse:
         """Publish ``data`` to ``channel``: every member, in every process, receives it."""
         with _answers():
-            result = await hub.publish(body.channel, body.data)
+            result = await hub.publish(
+                body.channel, body.data, idempotency_key=body.idempotency_key
+            )
         return PublishResponse(offset=result.offset, epoch=result.epoch)
 
     @router.post("/broadcast", response_model=BroadcastResponse)

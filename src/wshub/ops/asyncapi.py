@@ -10,18 +10,31 @@ AsyncAPI's "channel" is the WebSocket connection itself (one per endpoint, named
 ``hub``); wshub's channels (rooms) are a field of the frames. The document is
 written from the server's side: ``receive`` operations are client frames, ``send``
 operations server frames; requests with an ``id`` get a reply or an error.
+
+Given the hub (``add_asyncapi(app, "/ws", hub=hub)``), the document also carries the
+application's types under ``components/schemas``, by class name: each namespace's
+model (`Namespace.model`, listed by namespace in the hub channel's
+``x-namespaces``), and each RPC method's params and result models (``hub.rpc_methods()``),
+whose methods are operations of their own (``receive_rpc_<method>``, with a reply).
+`wshub types --ts` turns the same schemas into TypeScript (`wshub.ops.typescript`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, FastAPI, Request
+from pydantic import BaseModel
 
 from wshub.core.channels import CHANNEL_CHARS, MAX_CHANNEL_LENGTH
 from wshub.core.codecs import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL
 from wshub.core.errors import CloseCode, ErrorCode
 from wshub.core.protocol import MAX_ID_LENGTH, PROTOCOL_VERSION, Op
+
+if TYPE_CHECKING:
+    from wshub.hub.facade import Hub
 
 Schema = dict[str, Any]
 
@@ -103,6 +116,15 @@ OPS: dict[Op, tuple[str, Schema, list[str], Schema | None]] = {
             "messages": {"type": "array", "items": MESSAGE_ITEM},
         },
     ),
+    Op.RPC: (
+        "Call a server method registered with `@hub.rpc`; the reply's result is any JSON.",
+        {
+            "method": {"type": "string", "minLength": 1, "maxLength": 100},
+            "params": {"description": "any JSON value; validated when the method declares a model"},
+        },
+        ["method"],
+        None,  # any JSON, not an object: each method's reply is its own message (rpc_<name>)
+    ),
 }
 
 #: What each error code of a reply means.
@@ -115,6 +137,7 @@ ERROR_MEANINGS: dict[ErrorCode, str] = {
     ErrorCode.RATE_LIMITED: "too many frames; slow down",
     ErrorCode.UNAVAILABLE: "the broker is down; nothing was published",
     ErrorCode.INTERNAL: "a server bug; the connection stays usable",
+    ErrorCode.TIMEOUT: "the broker did not answer in time; the publication may have gone out",
 }
 
 #: When the server closes with each code.
@@ -254,18 +277,158 @@ def _operations(messages: dict[str, Schema]) -> dict[str, Schema]:
     return operations
 
 
-def document(host: str = "localhost:8000", path: str = "/ws", protocol: str = "ws") -> Schema:
+#: The ref template pydantic's schemas are generated with: `components/schemas` by name.
+REF_TEMPLATE = "#/components/schemas/{model}"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+def _schema_ref(name: str) -> Schema:
+    return {"$ref": REF_TEMPLATE.format(model=name)}
+
+
+def model_schemas(models: Iterable[type[BaseModel]]) -> dict[str, Schema]:
+    """JSON Schemas of ``models`` and of the models they use, by class name.
+
+    Each is ``model_json_schema(ref_template=REF_TEMPLATE)`` with its ``$defs``
+    hoisted beside it, so that every ``$ref`` points into ``components/schemas``.
+    """
+    schemas: dict[str, Schema] = {}
+    for model in models:
+        schema = model.model_json_schema(ref_template=REF_TEMPLATE)
+        for name, definition in schema.pop("$defs", {}).items():
+            schemas.setdefault(name, definition)
+        schemas[model.__name__] = schema
+    return schemas
+
+
+class RpcSchema:
+    """One RPC method as the documents see it: its name and its models (None: any JSON)."""
+
+    __slots__ = ("name", "params_model", "result_model", "summary")
+
+    def __init__(
+        self,
+        name: str,
+        params_model: type[BaseModel] | None,
+        result_model: type[BaseModel] | None,
+        summary: str = "",
+    ) -> None:
+        self.name = name
+        self.params_model = params_model
+        self.result_model = result_model
+        self.summary = summary
+
+
+def namespace_models(hub: Hub | None) -> dict[str, type[BaseModel]]:
+    """The hub's typed namespaces: namespace name -> its model."""
+    namespaces = hub.permissions.namespaces if hub is not None else None
+    return {
+        name: space.model for name, space in (namespaces or {}).items() if space.model is not None
+    }
+
+
+def rpc_schemas(hub: Hub | None) -> list[RpcSchema]:
+    """The hub's RPC methods (``hub.rpc_methods()``, when the hub has RPC), sorted by name."""
+    listing = getattr(hub, "rpc_methods", None)
+    if listing is None:
+        return []
+    methods: Any = listing()
+    items = methods.items() if isinstance(methods, dict) else ((None, m) for m in methods)
+    found: list[RpcSchema] = []
+    for key, method in items:
+        name = getattr(method, "name", None) or key
+        if not isinstance(name, str):
+            continue
+        params, result = (
+            getattr(method, "params_model", None),
+            getattr(method, "result_model", None),
+        )
+        doc = getattr(method, "summary", None) or getattr(method, "doc", None) or ""
+        found.append(RpcSchema(name, _model_or_none(params), _model_or_none(result), str(doc)))
+    return sorted(found, key=lambda m: m.name)
+
+
+def _model_or_none(value: object) -> type[BaseModel] | None:
+    return value if isinstance(value, type) and issubclass(value, BaseModel) else None
+
+
+def app_schemas(hub: Hub | None) -> dict[str, Schema]:
+    """`components/schemas` for ``hub``: namespace models, RPC params and results."""
+    models: list[type[BaseModel]] = list(namespace_models(hub).values())
+    for method in rpc_schemas(hub):
+        models.extend(m for m in (method.params_model, method.result_model) if m is not None)
+    return model_schemas(dict.fromkeys(models))  # each model once, in first-seen order
+
+
+def _rpc_messages(methods: list[RpcSchema]) -> tuple[dict[str, Schema], dict[str, Schema]]:
+    """The messages and operations of the RPC methods."""
+    messages: dict[str, Schema] = {}
+    operations: dict[str, Schema] = {}
+    channel = {"$ref": "#/channels/hub"}
+    for method in methods:
+        key = "rpc_" + _UNSAFE.sub("_", method.name)
+        params = _schema_ref(method.params_model.__name__) if method.params_model else {}
+        result = _schema_ref(method.result_model.__name__) if method.result_model else {}
+        summary = method.summary.strip().split("\n")[0] or f"Call the RPC method {method.name}."
+        messages[key] = {
+            "name": key,
+            "title": f"rpc {method.name} (client)",
+            "summary": summary,
+            "payload": _object(
+                ["op", "id", "method"],
+                {
+                    "op": _op_const("rpc"),
+                    "id": REQUEST_ID,
+                    "method": {"type": "string", "const": method.name},
+                    "params": params,
+                },
+            ),
+        }
+        messages[f"{key}Reply"] = {
+            "name": f"{key}Reply",
+            "summary": f"Result of the RPC method {method.name}.",
+            "payload": _object(["id", "result"], {"id": REQUEST_ID, "result": result}),
+        }
+        operations[f"receive_{key}"] = {
+            "action": "receive",
+            "channel": channel,
+            "summary": summary,
+            "messages": [_ref(key)],
+            "reply": {"channel": channel, "messages": [_ref(f"{key}Reply"), _ref("error")]},
+        }
+    return messages, operations
+
+
+def document(
+    host: str = "localhost:8000",
+    path: str = "/ws",
+    protocol: str = "ws",
+    hub: Hub | None = None,
+) -> Schema:
     """Build the AsyncAPI 3.0 document of wire protocol v1.
 
     Args:
         host: the server's ``host:port``.
         path: the protocol endpoint's path.
         protocol: ``ws`` or ``wss``.
+        hub: the hub, for the application's types (namespace models, RPC methods)
+            under ``components/schemas``; None documents the protocol only.
 
     Returns:
         The document, as JSON-ready dicts.
     """
     messages = _messages()
+    operations = _operations(messages)
+    methods = rpc_schemas(hub)
+    rpc_messages, rpc_operations = _rpc_messages(methods)
+    messages.update(rpc_messages)
+    operations.update(rpc_operations)
+    typed = {name: _schema_ref(model.__name__) for name, model in namespace_models(hub).items()}
+    channel_extras: Schema = {"x-namespaces": typed} if typed else {}
+    components: Schema = {"securitySchemes": _security()}
+    schemas = app_schemas(hub)
+    if schemas:
+        components["schemas"] = schemas
     closes = {str(int(code)): CLOSE_MEANINGS[code] for code in CloseCode}
     return {
         "asyncapi": "3.0.0",
@@ -299,10 +462,11 @@ def document(host: str = "localhost:8000", path: str = "/ws", protocol: str = "w
                 "messages": messages,
                 "bindings": {"ws": {"method": "GET", "query": _query(), "bindingVersion": "0.1.0"}},
                 "x-close-codes": closes,
+                **channel_extras,
             }
         },
-        "operations": _operations(messages),
-        "components": {"securitySchemes": _security()},
+        "operations": operations,
+        "components": components,
     }
 
 
@@ -325,7 +489,9 @@ def _security() -> Schema:
     }
 
 
-def add_asyncapi(app: FastAPI, ws_path: str = "/ws", path: str = "/asyncapi.json") -> None:
+def add_asyncapi(
+    app: FastAPI, ws_path: str = "/ws", path: str = "/asyncapi.json", *, hub: Hub | None = None
+) -> None:
     """Serve the AsyncAPI document of the protocol endpoint at ``ws_path`` on ``GET path``.
 
     The document names the host and scheme the request came in with.
@@ -334,11 +500,13 @@ def add_asyncapi(app: FastAPI, ws_path: str = "/ws", path: str = "/asyncapi.json
         app: the FastAPI app.
         ws_path: where the protocol endpoint is mounted.
         path: where to serve the document.
+        hub: the hub, whose namespace models and RPC methods the document then
+            carries under ``components/schemas`` (read at each request).
     """
 
     async def asyncapi(request: Request) -> Schema:
         protocol = "wss" if request.url.scheme == "https" else "ws"
-        return document(request.headers.get("host", "localhost"), ws_path, protocol)
+        return document(request.headers.get("host", "localhost"), ws_path, protocol, hub)
 
     router = APIRouter()
     router.add_api_route(path, asyncapi, methods=["GET"], include_in_schema=False)

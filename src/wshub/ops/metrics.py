@@ -32,6 +32,9 @@ broker_state{state}                     gauge      1 for the broker's state (pro
 broker_reconnects_total                 counter    broker connections re-established
 broker_probe_failures_total             counter    broker liveness probes that failed
 history_evictions_total                 counter    history entries evicted by a byte cap or budget
+gap_refills_total                       counter    holes in live delivery refilled from history
+gap_refilled_messages_total             counter    publications delivered by those refills
+gaps_unrecoverable_total                counter    holes past the history (``gap`` frames sent)
 send_queue_depth                        histogram  frames queued per connection, sampled *
 publish_enqueue_seconds                 histogram  Hub.publish to enqueued for local members
 ======================================  =========  =====================================
@@ -134,6 +137,13 @@ class Instruments:
         self.history_evictions = counter(
             "wshub_history_evictions", "History entries evicted by history_max_bytes/memory."
         )
+        self.gap_refills = counter("wshub_gap_refills", "Live-delivery holes refilled.")
+        self.gap_refilled = counter(
+            "wshub_gap_refilled_messages", "Publications delivered by gap refills."
+        )
+        self.gaps_unrecoverable = counter(
+            "wshub_gaps_unrecoverable", "Holes the history no longer covered (gap frames)."
+        )
         self.queue_depth = Histogram(
             "wshub_send_queue_depth",
             "Frames queued per connection, sampled at each scrape or sync.",
@@ -233,6 +243,9 @@ class HubMetrics:
             (ins.reconnects, (), getattr(hub.broker, "reconnects", 0)),
             (ins.probe_failures, (), getattr(hub.broker, "probe_failures", 0)),
             (ins.history_evictions, (), getattr(hub.broker, "history_evictions", 0)),
+            (ins.gap_refills, (), stats.gap_refills),
+            (ins.gap_refilled, (), stats.gap_refilled),
+            (ins.gaps_unrecoverable, (), stats.gaps_unrecoverable),
         )
         yield from _labelled(ins.dropped, drops)
         yield from _labelled(ins.closes, _relabel(stats.closes, close_code_label))

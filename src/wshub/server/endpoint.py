@@ -20,13 +20,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.websockets import WebSocket
 
 from wshub.core.codecs import Codec, codec_for_subprotocols
-from wshub.core.errors import BrokerUnavailable, CloseCode, ErrorCode, ProtocolError, PublishError
+from wshub.core.errors import (
+    BrokerUnavailable,
+    CloseCode,
+    ErrorCode,
+    ProtocolError,
+    PublishError,
+    PublishTimeout,
+    RPCError,
+)
 from wshub.core.limits import TokenBucket
 from wshub.core.protocol import (
     Command,
@@ -40,7 +49,9 @@ from wshub.hub.connection import Connection, ConnectionState
 from wshub.hub.connection_log import log_identified, log_refused
 from wshub.hub.facade import Hub
 from wshub.hub.lifecycle import UNAUTHENTICATED
+from wshub.hub.publish_hooks import Prepared, refusal
 from wshub.hub.reader import Message
+from wshub.hub.rpc import RPCCalls
 from wshub.server.auth import ANONYMOUS, AuthError, Identity
 from wshub.server.publish_lane import PublishLane
 
@@ -70,6 +81,7 @@ class ProtocolEndpoint:
             Op.REFRESH: self.handle_refresh,
             Op.PRESENCE: self.handle_presence,
             Op.HISTORY: self.handle_history,
+            Op.RPC: self.handle_rpc,
         }
 
     async def __call__(self, websocket: WebSocket) -> None:
@@ -101,12 +113,23 @@ class ProtocolEndpoint:
                 if not await self.hub.identify(conn, identity):
                     return
                 log_identified(conn)
-            conn.send(welcome(conn.id, conn.user, self.hub.settings.ping_interval))
-            if pending is not None:
-                await self.handle(conn, pending)
-            await self._serve(conn)
+            ping = self.hub.settings.ping_interval
 
-    async def _serve(self, conn: Connection) -> None:
+            def send_welcome(subscribed: list[dict[str, Any]]) -> None:
+                conn.send(welcome(conn.id, conn.user, ping, subscribed))
+
+            # on_connect hooks, then the welcome listing their subscriptions (wshub.hub.hooks).
+            if not await self.hub.connect_hooks.welcome(conn, self.hub.recovery, send_welcome):
+                return
+            calls = RPCCalls(self.hub.settings.max_rpc_in_flight)
+            try:
+                if pending is not None:
+                    await self.handle(conn, pending, calls=calls)
+                await self._serve(conn, calls)
+            finally:
+                await calls.close()  # the connection ended: its RPC calls are cancelled
+
+    async def _serve(self, conn: Connection, calls: RPCCalls | None = None) -> None:
         """Read and answer frames until the connection ends, within the rate limit."""
         s = self.hub.settings
         clock = asyncio.get_running_loop().time
@@ -118,7 +141,7 @@ class ProtocolEndpoint:
                 if message["type"] == "websocket.disconnect":
                     return
                 if bucket.take(clock()):
-                    await self.handle(conn, message, lane)
+                    await self.handle(conn, message, lane, calls)
                     continue
                 self.hub.stats.rate_limited += 1
                 if bucket.strikes >= s.rate_limit_strikes:
@@ -198,18 +221,29 @@ class ProtocolEndpoint:
         conn.close(CloseCode.UNAUTHORIZED, reason, drain=False)
 
     async def handle(
-        self, conn: Connection, message: dict[str, Any], lane: PublishLane | None = None
+        self,
+        conn: Connection,
+        message: dict[str, Any],
+        lane: PublishLane | None = None,
+        calls: RPCCalls | None = None,
     ) -> None:
         """Decode, run and answer one client message. Never raises for bad input.
 
         With a ``lane``, a publish is checked now, in frame order, and then sent on
         in the lane, so that the next frames are read while it is on its way; any
-        other op first waits for the lane to drain (see `PublishLane`).
+        other op first waits for the lane to drain (see `PublishLane`). With
+        ``calls``, an ``rpc`` runs in a task of its own (see `RPCCalls`): it is
+        answered when it is done, while the next frames are read and answered.
         """
         try:
             command = parse_command(conn.codec.decode(message.get("text"), message.get("bytes")))
         except ProtocolError as exc:
             conn.send(error_reply(exc.request_id, exc.code, exc.message))
+            return
+        if calls is not None and command.op is Op.RPC:
+            if lane is not None and lane:
+                await lane.drain()  # publishes sent before the call have reached the broker
+            self._start_rpc(conn, command, calls)
             return
         if lane is None or command.op is not Op.PUBLISH:
             if lane is not None and lane:
@@ -219,6 +253,14 @@ class ProtocolEndpoint:
             conn, command, self._check_publish(conn, command), send_result=False
         ):
             await lane.start(self._answer(conn, command, self._publish(conn, command)))
+
+    def _start_rpc(self, conn: Connection, command: Command, calls: RPCCalls) -> None:
+        """Start an ``rpc`` in its own task; past ``max_rpc_in_flight``, refuse it."""
+        if calls.full:
+            message = f"too many rpc calls in flight (max_rpc_in_flight={calls.limit})"
+            conn.send(error_reply(command.id, ErrorCode.RATE_LIMITED, message))
+            return
+        calls.start(lambda: self._answer(conn, command, self.handle_rpc(conn, command)))
 
     async def _answer(
         self, conn: Connection, command: Command, run: Awaitable[Result], send_result: bool = True
@@ -236,12 +278,29 @@ class ProtocolEndpoint:
             error_id = request_id if exc.request_id is None else exc.request_id
             conn.send(error_reply(error_id, exc.code, exc.message))
             return False
+        except RPCError as exc:  # an RPC handler refused, with a code of its own
+            conn.send(error_reply(request_id, exc.code, exc.message))
+            return False
+        except PublishTimeout as exc:  # a BrokerUnavailable, but maybe published
+            conn.send(error_reply(request_id, ErrorCode.TIMEOUT, str(exc) or "no answer"))
+            return False
         except BrokerUnavailable as exc:
             conn.send(error_reply(request_id, ErrorCode.UNAVAILABLE, str(exc) or "broker down"))
             return False
         except Exception:
             # The op and channel give the context; the frame itself may carry a token.
             op, channel = command.op.value, command.channel
+            if command.op is Op.RPC:
+                method = command.method
+                logger.exception(
+                    "connection %s (user %s): internal error in rpc %r",
+                    conn.id,
+                    conn.user,
+                    method,
+                    extra={"connection": conn.id, "user": conn.user, "op": op, "method": method},
+                )
+                conn.send(error_reply(request_id, ErrorCode.INTERNAL, "internal error"))
+                return False
             logger.exception(
                 "connection %s (user %s): internal error in %s on channel %s",
                 conn.id,
@@ -265,7 +324,10 @@ class ProtocolEndpoint:
         assert command.channel is not None
         if command.since is not None and command.id is None:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "subscribe with 'since' needs an 'id'")
-        await self.hub.permissions.check_subscribe(conn.user, command.channel)
+        if command.channel not in conn.channels:
+            # A member already (its own subscribe, or an on_connect hook's, which the
+            # server granted): answered and recovered again without a new check.
+            await self.hub.permissions.check_subscribe(conn.user, command.channel)
         request_id = command.id
 
         def send_reply(result: dict[str, Any]) -> None:
@@ -289,15 +351,35 @@ class ProtocolEndpoint:
         return await self._publish(conn, command)
 
     async def _check_publish(self, conn: Connection, command: Command) -> Result:
-        assert command.channel is not None
-        await self.hub.permissions.check_publish(conn.user, command.channel, command.data)
+        """Permissions, then the namespace's model and ``on_publish`` hooks, in frame order.
+
+        The hooks' result replaces ``command.data`` as `Prepared`, which `_publish`
+        hands to `Hub.publish`: published as it is, with no await before the broker.
+        """
+        channel = command.channel
+        assert channel is not None
+        space = await self.hub.permissions.check_publish(conn.user, channel, command.data)
+        pipeline = self.hub.publish_pipeline
+        if pipeline.needed(channel, space):
+            try:
+                data = await pipeline.prepare(conn, channel, command.data, space)
+            except PublishError as exc:  # InvalidPublication: the message names the field
+                raise ProtocolError(ErrorCode.BAD_REQUEST, str(exc), command.id) from None
+            except RPCError as exc:
+                raise refusal(exc, command.id) from None
+            object.__setattr__(command, "data", Prepared(data))  # a frozen Command, carried on
         return None
 
     async def _publish(self, conn: Connection, command: Command) -> Result:
         # Nothing awaits before the broker has the publication: see `PublishLane`.
         assert command.channel is not None
         try:
-            result = await self.hub.publish(command.channel, command.data, origin=conn.id)
+            result = await self.hub.publish(
+                command.channel,
+                command.data,
+                origin=conn.id,
+                idempotency_key=command.idempotency_key,
+            )
         except PublishError as exc:
             raise ProtocolError(ErrorCode.BAD_REQUEST, str(exc), command.id) from None
         return {} if result.offset is None else {"offset": result.offset}
@@ -344,3 +426,20 @@ class ProtocolEndpoint:
         await self.hub.permissions.check_subscribe(conn.user, channel)
         # Paginated to fit the send queue: "more": true when the rest was cut off.
         return await self.hub.recovery.history_reply(conn, channel, command.since, command.limit)
+
+    async def handle_rpc(self, conn: Connection, command: Command) -> Result:
+        """``rpc``: call an application method (``@hub.rpc``); replies with what it returns.
+
+        The reply is sent here: an RPC's result is any JSON value, ``null`` included.
+        """
+        assert command.method is not None
+        stats = self.hub.stats
+        stats.rpc_calls += 1
+        started = time.perf_counter()
+        try:
+            result = await self.hub.rpc_registry.call(conn, command.method, command.params)
+        finally:
+            stats.rpc_latency.observe(time.perf_counter() - started)
+        if command.id is not None:
+            conn.send(reply(command.id, result))
+        return None

@@ -25,6 +25,8 @@
  *   application when recovery failed (`onRecover`, event "recovery");
  * - splits `\n`-packed messages; matches replies to requests by id, with timeouts;
  *   rejects requests in flight when the connection drops.
+ * - calls server methods (`rpc()`), and takes the channels the server subscribed it
+ *   to (the welcome's `subscribed`) as subscriptions, recovered after a reconnect.
  *
  * The pure helpers (`backoffDelay`, `splitFrames`, `ChannelPositions`, `tokenExpiry`,
  * `reconnectPolicy`) are exported for tests and for other clients.
@@ -201,6 +203,18 @@ export function tokenExpiry(token) {
   }
 }
 
+/** Publish errors `publish(..., {retry: true})` retries. */
+const RETRIED = new Set(["timeout", "unavailable", "disconnected"]);
+
+/** A random idempotency key (32 hex digits). */
+function randomKey() {
+  const c = globalThis.crypto;
+  if (c && typeof c.randomUUID === "function") return c.randomUUID().replace(/-/g, "");
+  let key = "";
+  for (let i = 0; i < 32; i++) key += Math.floor(Math.random() * 16).toString(16);
+  return key;
+}
+
 /**
  * Where the client stands in each subscribed channel's history: the last offset
  * delivered and its epoch. Decides which messages are new (dedupe by offset) and what
@@ -252,8 +266,9 @@ export class ChannelPositions {
   }
 
   /**
-   * True when messages were delivered but the epoch is unknown: the channel had no
-   * history when subscribed (epoch ""), so a `history` read must tell the epoch.
+   * True when messages were delivered but the epoch is unknown. Servers that create the
+   * epoch on the first subscribe (every current one) never leave it unknown; kept for
+   * applications that track positions themselves.
    * @param {string} channel
    */
   needsEpoch(channel) {
@@ -379,8 +394,6 @@ export class Client {
     this._pending = new Map();
     /** @type {Map<string, any>} the last subscribe result per channel */
     this._results = new Map();
-    /** @type {Set<string>} channels whose epoch is being read */
-    this._epochReads = new Set();
     this._lastSeen = 0;
     /** @type {WebSocket | null} */
     this._ws = null;
@@ -470,14 +483,38 @@ export class Client {
   }
 
   /**
-   * Publish data to a channel.
+   * Publish data to a channel. With a typed namespace, `client.publish<ChatMessage>(...)`
+   * (TypeScript) or `@type` checks `data` against the type `wshub types --ts` printed.
+   * @template [T=any]
    * @param {string} channel
-   * @param {any} data
+   * @param {T} data
+   * @param {{idempotencyKey?: string, retry?: boolean, retryFor?: number}} [options]
+   *   `idempotencyKey` (1-64 chars): the server publishes a second publish with the same
+   *   key to the same channel nothing (within its idempotency_window), answering the
+   *   first's offset; `retry`: retry "timeout"/"unavailable"/"disconnected" for
+   *   `retryFor` ms under that key.
    * @returns {Promise<number | undefined>} the offset, when the channel keeps history.
    */
-  async publish(channel, data) {
-    const result = await this.request({ op: "publish", channel, data });
-    return result.offset;
+  async publish(channel, data, options = {}) {
+    // options: {idempotencyKey?: string, retry?: boolean, retryFor?: number (ms, 60000)}.
+    // With retry, a publish whose outcome is unknown or that was not sent ("timeout",
+    // "unavailable", "disconnected") is sent again with backoff under the same
+    // idempotency key (one is made up when none is given): published exactly once.
+    const { retry = false, retryFor = 60000 } = options;
+    let key = options.idempotencyKey;
+    if (retry && key === undefined) key = randomKey();
+    const frame = key === undefined ? { op: "publish", channel, data } : { op: "publish", channel, data, idempotency_key: key };
+    const deadline = Date.now() + retryFor;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return (await this.request(frame)).offset;
+      } catch (error) {
+        const code = error instanceof WshubError ? error.code : undefined;
+        if (!retry || !RETRIED.has(code ?? "") || Date.now() >= deadline) throw error;
+      }
+      const delay = backoffDelay(attempt, this.options.backoffBase, this.options.backoffCap, this.options.random);
+      await new Promise((resolve) => setTimeout(resolve, Math.min(delay, Math.max(0, deadline - Date.now()))));
+    }
   }
 
   /**
@@ -503,6 +540,23 @@ export class Client {
   }
 
   /**
+   * Call a server method registered with `@hub.rpc`. Never sent twice: a call whose
+   * connection drops before the reply rejects with "disconnected" (it may have run).
+   * @param {string} method
+   * @param {any} [params] any JSON value (undefined: none sent).
+   * @param {{timeout?: number}} [options] `timeout`: ms to wait for the reply (`requestTimeout`).
+   * @template [T=any] the result's type, e.g. `client.rpc<AddResult>("add", {a: 1, b: 2})`
+   *   in TypeScript (types from `wshub types --ts`); in JS, a `@type` annotation on the result.
+   * @returns {Promise<T>} the method's result (any JSON). Rejects with a WshubError
+   *   whose `code` is the server's (`not_found`, `bad_request`, an RPCError's own code,
+   *   `internal`, `rate_limited`) or the client's (`timeout`, `disconnected`, `closed`).
+   */
+  rpc(method, params, options = {}) {
+    const frame = params === undefined ? { op: "rpc", method } : { op: "rpc", method, params };
+    return this.request(frame, undefined, options.timeout);
+  }
+
+  /**
    * Hand the server a new token before the current one expires.
    * @param {string} [token] by default, asks `getToken`.
    * @returns {Promise<number | null>} the new expiry (Unix seconds), or null.
@@ -522,16 +576,18 @@ export class Client {
    * after the request was sent, or after `requestTimeout`.
    * @param {Record<string, any>} frame
    * @param {(result: any) => void} [onResult]
+   * @param {number} [timeout] ms before it is rejected (`requestTimeout`).
    * @returns {Promise<any>}
    */
-  request(frame, onResult) {
+  request(frame, onResult, timeout) {
     if (!this._wanted) return Promise.reject(new WshubError("closed", "not connected: call connect()"));
     const id = this._nextId++;
+    const wait = timeout ?? this.options.requestTimeout;
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this._pending.delete(id);
-        reject(new WshubError("timeout", `no reply to ${frame.op} within ${this.options.requestTimeout} ms`));
-      }, this.options.requestTimeout);
+        reject(new WshubError("timeout", `no reply to ${frame.op} within ${wait} ms`));
+      }, wait);
       /** @type {Pending} */
       const pending = { frame: { ...frame, id }, resolve, reject, timer, sent: false, onResult };
       this._pending.set(id, pending);
@@ -605,7 +661,6 @@ export class Client {
     this.welcome = null;
     for (const name of ["connect", "watchdog", "refresh"]) this._clearTimer(name);
     this._failPending(new WshubError("disconnected", `connection closed (${code} ${reason})`), false);
-    this._epochReads.clear();
     this._held.clear(); // not delivered: recovered again on the next connection
     // Repeated 4008 (say, a reply the queue cannot hold): back off longer each time,
     // until a connection stays up healthyAfter ms or ends another way.
@@ -693,6 +748,7 @@ export class Client {
     }
     switch (frame.op) {
       case "message":
+      case "gap": // ordered with the messages (held with them during a recovery)
         return this._onMessage(frame);
       case "ping":
         return this._send({ op: "pong" });
@@ -710,6 +766,7 @@ export class Client {
   /** @param {any} frame */
   _onWelcome(frame) {
     this._clearTimer("connect");
+    const adopted = this._adopt(frame.subscribed);
     this.welcome = frame;
     this._attempt = 0;
     this._welcomedAt = Date.now();
@@ -718,8 +775,49 @@ export class Client {
     this._emit("welcome", frame);
     this._armWatchdog();
     this._scheduleRefresh(tokenExpiry(this._token));
-    for (const channel of this._channels.keys()) this._sendSubscribe(channel);
+    for (const channel of this._channels.keys()) if (!adopted.has(channel)) this._sendSubscribe(channel);
     for (const pending of this._pending.values()) if (!pending.sent) this._sendPending(pending);
+  }
+
+  /**
+   * Take the server-side subscriptions a welcome lists (the server's on_connect hooks).
+   * A channel not known yet is registered without subscriptions, at the position the
+   * welcome gives: its messages go to "message" listeners, a `subscribe()` to it is
+   * answered at once, and after a reconnect it is resubscribed with `since` like any
+   * other. A known channel is resubscribed as usual (with `since`: a recovery on the
+   * server's membership). A channel only the server had subscribed (no Subscription)
+   * that the welcome no longer lists is forgotten.
+   * @param {any} subscribed the welcome's `subscribed`: [{channel, offset?, epoch?}]
+   * @returns {Set<string>} the channels registered now (nothing to send for them).
+   */
+  _adopt(subscribed) {
+    /** @type {Map<string, any>} */
+    const listed = new Map();
+    for (const item of Array.isArray(subscribed) ? subscribed : []) {
+      if (item && typeof item.channel === "string") listed.set(item.channel, item);
+    }
+    for (const [channel, subs] of this._channels) {
+      if (subs.size || listed.has(channel)) continue;
+      this._channels.delete(channel);
+      this._results.delete(channel);
+      this.positions.delete(channel);
+    }
+    /** @type {Set<string>} */
+    const adopted = new Set();
+    for (const [channel, item] of listed) {
+      if (this._channels.has(channel)) continue;
+      this._channels.set(channel, new Set());
+      /** @type {{offset?: number, epoch?: string}} */
+      let result = {};
+      if (typeof item.offset === "number") {
+        const epoch = typeof item.epoch === "string" ? item.epoch : "";
+        this.positions.map.set(channel, { offset: item.offset, epoch });
+        result = { offset: item.offset, epoch };
+      }
+      this._results.set(channel, result);
+      adopted.add(channel);
+    }
+    return adopted;
   }
 
   /** @param {any} frame */
@@ -743,13 +841,34 @@ export class Client {
       held.push(frame); // delivered once the recovery's pages are read
       return;
     }
+    if (frame.op === "gap") return this._onGap(frame);
     const subs = this._channels.get(frame.channel);
     if (subs && !this.positions.accept(frame.channel, frame.offset)) return; // a duplicate
     const message = toMessage(frame, false);
     this._emit("message", message);
     if (!subs) return;
     for (const sub of subs) this._call(sub.handlers.onMessage, message);
-    if (this.positions.needsEpoch(frame.channel)) this._readEpoch(frame.channel);
+  }
+
+  /**
+   * `{"op":"gap","channel","epoch","offset"}`: the server lost messages it could not
+   * refill from the history; what follows continues after `offset` in `epoch`. Unless
+   * our position is there already, it moves to the frame's and recovery fails
+   * (events "recovery" and "recoveryFailed", `onRecover`): reload the channel's state.
+   * @param {any} frame
+   */
+  _onGap(frame) {
+    const { channel, offset, epoch } = frame;
+    const subs = this._channels.get(channel);
+    if (!subs || typeof offset !== "number" || typeof epoch !== "string") return;
+    const p = this.positions.get(channel);
+    if (p && p.epoch === epoch && p.offset !== undefined && p.offset >= offset) return;
+    this.positions.map.set(channel, { offset, epoch });
+    /** @type {Recovery} */
+    const recovery = { channel, recovered: false, count: 0, offset, epoch };
+    this._emit("recovery", recovery);
+    this._emit("recoveryFailed", recovery);
+    for (const sub of subs) this._call(sub.handlers.onRecover, recovery);
   }
 
   /** @param {any} frame */
@@ -769,6 +888,9 @@ export class Client {
     const fields = this.positions.resubscribeFields(channel);
     const asked = fields.since !== undefined;
     const frame = { op: "subscribe", channel, ...fields };
+    // Live messages may come before the reply (the server subscribed the channel itself,
+    // in an on_connect hook): held until the recovered ones are delivered.
+    if (asked && !this._held.has(channel)) this._held.set(channel, []);
     const applied = (/** @type {any} */ result) => {
       if (this._channels.has(channel)) this._onSubscribeResult(channel, result, asked);
     };
@@ -787,6 +909,7 @@ export class Client {
       } else {
         this._channels.delete(channel); // refused (forbidden, bad_request): don't ask again
         this._results.delete(channel);
+        this._held.delete(channel);
         this.positions.delete(channel);
         for (const sub of subs) sub.state = "unsubscribed";
       }
@@ -807,14 +930,17 @@ export class Client {
   _onSubscribeResult(channel, result, asked) {
     const { messages, recovered } = this.positions.applySubscribe(channel, result, asked);
     this._deliverRecovered(channel, messages);
+    const held = this._held.get(channel) ?? [];
     if (recovered && result.more && typeof result.offset === "number") {
       // Paginated: read the rest with `history`, holding live messages meanwhile (the
       // server sends those after this reply, before the pages asked for below).
-      this._held.set(channel, []);
+      this._held.set(channel, held);
       void this._readPages(channel, result, messages.length, this._generation);
       return;
     }
+    this._held.delete(channel);
     this._recoveryDone(channel, result, recovered, messages.length);
+    for (const frame of held) this._onMessage(frame); // live ones before the reply; dupes dropped
   }
 
   /** @param {string} channel @param {any[]} items */
@@ -880,7 +1006,6 @@ export class Client {
       if (!recovered) this._emit("recoveryFailed", recovery);
       for (const sub of subs) this._call(sub.handlers.onRecover, recovery);
     }
-    if (this.positions.needsEpoch(channel)) this._readEpoch(channel);
   }
 
   /** @param {Subscription} sub @param {any} result */
@@ -900,19 +1025,6 @@ export class Client {
     this._held.delete(sub.channel);
     this.positions.delete(sub.channel);
     if (this.state === "connected") this.request({ op: "unsubscribe", channel: sub.channel }).catch(() => {});
-  }
-
-  /**
-   * The channel had no history when subscribed: ask its epoch once messages came.
-   * @param {string} channel
-   */
-  _readEpoch(channel) {
-    if (this._epochReads.has(channel) || this.state !== "connected") return;
-    this._epochReads.add(channel);
-    this.request({ op: "history", channel, limit: 0 })
-      .then((result) => this.positions.learnEpoch(channel, result))
-      .catch(() => {})
-      .finally(() => this._epochReads.delete(channel));
   }
 
   // -- frames out, timers, events ----------------------------------------------------
@@ -1031,4 +1143,152 @@ function resolveUrl(url) {
   const resolved = new URL(url, base);
   resolved.protocol = resolved.protocol === "https:" ? "wss:" : "ws:";
   return resolved.toString();
+}
+
+// -- Server-Sent Events --------------------------------------------------------------
+
+/**
+ * @typedef {object} SseOptions
+ * @property {string} [token] sent as the `token` query parameter (EventSource sets no headers).
+ * @property {boolean} [withCredentials] send cookies cross-origin (EventSource's option).
+ * @property {string} [publishUrl] the publish route (default: `url` + "/publish").
+ * @property {typeof EventSource} [EventSource] the EventSource class (tests pass a fake one).
+ */
+
+/**
+ * A stream of wshub messages over Server-Sent Events (`wshub.mount_sse`): the
+ * browser's EventSource reconnects by itself and the server resumes from the
+ * `Last-Event-ID`, so nothing is lost or repeated while the history keeps it.
+ * Events, as on `Client`: "message" (message), "welcome" (frame), "join"/"leave"
+ * (event), "recoveryFailed" (recovery: messages were lost, from a `gap` event),
+ * "state" (state, info), "error" (error).
+ */
+export class SseClient {
+  /**
+   * @param {string} url the SSE endpoint, e.g. "/sse".
+   * @param {string[]} channels
+   * @param {SseOptions} [options]
+   */
+  constructor(url, channels, options = {}) {
+    const base = globalThis.location?.href;
+    const target = base ? new URL(url, base) : new URL(url);
+    for (const channel of channels) target.searchParams.append("channel", channel);
+    if (options.token) target.searchParams.set("token", options.token);
+    this.url = target.toString();
+    this.channels = [...channels];
+    this.options = options;
+    /** @type {State} */
+    this.state = "connecting";
+    /** @type {Record<string, any> | null} the last welcome frame */
+    this.welcome = null;
+    /** @type {Map<string, Set<Function>>} */
+    this._listeners = new Map();
+    const Source = options.EventSource ?? globalThis.EventSource;
+    /** @type {EventSource} */
+    this.source = new Source(this.url, { withCredentials: !!options.withCredentials });
+    const source = this.source;
+    source.onopen = () => {};
+    source.onerror = () => {
+      const closed = source.readyState === 2;
+      this._setState(closed ? "disconnected" : "connecting", { reconnect: !closed });
+    };
+    source.onmessage = (/** @type {MessageEvent} */ e) => {
+      const frame = JSON.parse(e.data);
+      this._emit("message", toMessage(frame, false));
+    };
+    source.addEventListener("welcome", (/** @type {any} */ e) => {
+      this.welcome = JSON.parse(e.data);
+      this._setState("connected", {});
+      this._emit("welcome", this.welcome);
+    });
+    for (const op of ["join", "leave"]) {
+      source.addEventListener(op, (/** @type {any} */ e) => this._emit(op, JSON.parse(e.data)));
+    }
+    source.addEventListener("gap", (/** @type {any} */ e) => {
+      const gap = JSON.parse(e.data);
+      /** @type {Recovery} */
+      const recovery = { channel: gap.channel, recovered: false, count: 0 };
+      if (typeof gap.offset === "number") recovery.offset = gap.offset;
+      if (typeof gap.epoch === "string") recovery.epoch = gap.epoch;
+      this._emit("recoveryFailed", recovery);
+    });
+    source.addEventListener("close", (/** @type {any} */ e) => {
+      const { code, reason } = JSON.parse(e.data);
+      if (reconnectPolicy(code) === "reauth") {
+        source.close(); // a new token is needed: EventSource would retry the old one
+        this._setState("disconnected", { code, reason, reconnect: false });
+        this._emit("error", new WshubError("unauthorized", reason || "refused", code));
+      } else {
+        this._setState("connecting", { code, reason, reconnect: true });
+      }
+    });
+  }
+
+  /**
+   * Listen to an event (see the class); returns a function that removes the listener.
+   * @param {string} event
+   * @param {Function} fn
+   * @returns {() => void}
+   */
+  on(event, fn) {
+    let set = this._listeners.get(event);
+    if (!set) this._listeners.set(event, (set = new Set()));
+    set.add(fn);
+    return () => set.delete(fn);
+  }
+
+  /**
+   * Publish through the HTTP route (`POST <url>/publish`), as this stream's client.
+   * @param {string} channel
+   * @param {any} data
+   * @returns {Promise<number | undefined>} the offset, when the channel keeps history.
+   */
+  async publish(channel, data) {
+    const target = new URL(this.options.publishUrl ?? this.url.replace(/\?.*$/, "").replace(/\/$/, "") + "/publish");
+    if (this.options.token) target.searchParams.set("token", this.options.token);
+    const response = await fetch(target, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      credentials: this.options.withCredentials ? "include" : "same-origin",
+      body: JSON.stringify({ channel, data, client: this.welcome?.client }),
+    });
+    const body = await response.json();
+    if (!response.ok) throw new WshubError(body.error?.code ?? "internal", body.error?.message ?? response.statusText);
+    return body.offset;
+  }
+
+  /** Close the stream for good. */
+  close() {
+    this.source.close();
+    this._setState("disconnected", { code: 1000, reason: "client closed", reconnect: false });
+  }
+
+  /** @param {State} state @param {StateInfo} info */
+  _setState(state, info) {
+    const changed = state !== this.state;
+    this.state = state;
+    if (changed) this._emit("state", state, info);
+  }
+
+  /** @param {string} event @param {...any} args */
+  _emit(event, ...args) {
+    for (const fn of [...(this._listeners.get(event) ?? [])]) {
+      try {
+        fn(...args);
+      } catch (error) {
+        console.error("wshub: a callback raised", error);
+      }
+    }
+  }
+}
+
+/**
+ * Subscribe to channels over Server-Sent Events: `wshub.sse("/sse", ["chat:lobby"])`.
+ * @param {string} url
+ * @param {string[]} channels
+ * @param {SseOptions} [options]
+ * @returns {SseClient}
+ */
+export function sse(url, channels, options = {}) {
+  return new SseClient(url, channels, options);
 }
