@@ -110,7 +110,7 @@ class Settings(BaseSettings):
     ws_ping_timeout: float = Field(default=20.0, gt=0)
 
     max_subscriptions: int = Field(default=128, ge=1)
-    publish_pipeline_depth: int = Field(default=16, ge=1)
+    publish_pipeline_depth: int = Field(default=64, ge=1)
     max_rpc_in_flight: int = Field(default=16, ge=1)
     history_max_memory: int = Field(default=64 * MIB, ge=0)
     idempotency_window: float = Field(default=300.0, gt=0)
