@@ -5,8 +5,6 @@ cd "$(dirname "$0")/.."
 BENCH=.venv/bin/wshub
 mkdir -p bench/results
 $BENCH bench compare --runs 3 --json > bench/results/compare.json
-$BENCH bench compare --runs 3 --targets wshub,wshub-redis,socketio-redis,websockets \
-  --json > bench/results/compare-redis.json
 $BENCH bench compare --rate 10 --duration 5 --runs 3 --targets wshub,wshub-chat,seed,websockets \
   --json > bench/results/latency-10k.json
 $BENCH bench run fanout --runs 3 --json > bench/results/fanout.json
