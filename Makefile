@@ -4,7 +4,20 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv run lint fmt test test-asgi browser-deps docs bench clean
+.PHONY: venv run lint fmt test test-asgi test-wheel dist browser-deps docs bench clean
+
+# make run HOST=0.0.0.0 PORT=8001 BROKER=redis://localhost:6379/0; each falls back to its
+# WSHUB_* variable (WSHUB_PORT=8001 make run), then to the default. Plain HOST or PORT
+# variables of the environment (a shell's HOST is the machine's name) are not used.
+ifneq ($(origin HOST),command line)
+HOST := $(or $(WSHUB_HOST),127.0.0.1)
+endif
+ifneq ($(origin PORT),command line)
+PORT := $(or $(WSHUB_PORT),8000)
+endif
+ifneq ($(origin BROKER),command line)
+BROKER := $(or $(WSHUB_BROKER),memory://)
+endif
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,8 +26,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# Every other WSHUB_* variable (WSHUB_LOG_LEVEL, WSHUB_JWT_SECRET, ...) reaches the app as is.
+# A busy port is one line naming it, and exit status 1.
 run: venv
-	$(BIN)/wshub serve wshub.demo:app --host 127.0.0.1 --port 8000 --broker memory://
+	WSHUB_PORT_HINT="make run PORT=..." $(BIN)/wshub serve wshub.demo:app \
+		--host '$(HOST)' --port '$(PORT)' --broker '$(BROKER)'
 
 lint: venv
 	$(BIN)/ruff check src tests
@@ -31,6 +47,7 @@ test: browser-deps lint
 	$(BIN)/pytest
 	$(MAKE) --no-print-directory test-asgi
 	$(MAKE) --no-print-directory docs
+	$(MAKE) --no-print-directory test-wheel
 
 # The suites that drive the writer again, with the transport fast path off: every send
 # through plain ASGI, as on servers other than uvicorn (hypercorn, granian, daphne).
@@ -41,6 +58,21 @@ ASGI_SUITES := tests/integration/test_fanout.py tests/integration/test_backpress
 test-asgi: venv
 	WSHUB_TRANSPORT_FAST_PATH=false $(BIN)/pytest $(ASGI_SUITES) \
 		tests/integration/test_transport.py::test_connections_follow_the_environment
+
+# The sdist and the wheel, into dist/ (the version is wshub.__version__).
+dist: venv
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+
+# What users get: the wheel, installed with its dependencies into a clean venv, then
+# tests/wheel_smoke.py run from outside the checkout with `python -P`, so it imports the
+# installed wshub and fails on any file the wheel lacks (static JS, demo pages, .d.ts).
+WHEEL_VENV ?= /tmp/wshub-wheel-venv
+test-wheel: dist
+	rm -rf $(WHEEL_VENV)
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip install --quiet --disable-pip-version-check dist/*.whl
+	cd $(WHEEL_VENV) && env -u PYTHONPATH bin/python -P $(CURDIR)/tests/wheel_smoke.py
 
 # Browser tests drive Debian's chromium through Playwright (never a downloaded browser),
 # tests/js runs on node, and the package test runs `npm pack` (Debian's nodejs has no npm).
@@ -69,4 +101,4 @@ bench: venv
 	$(BIN)/wshub bench compare --runs 3
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site dist

@@ -1,7 +1,8 @@
 """wshub: a real-time WebSocket hub for FastAPI.
 
 One `Hub` per process routes publications to connections, through a broker that
-spans processes and hosts. See the README for a tour and DESIGN.md for the rules.
+spans processes and hosts. See the README for a tour, docs/architecture.md for
+the layers and docs/protocol.md for the wire protocol.
 """
 
 import typing as _typing

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import enum
 import os
 import sys
 from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
+import pydantic
 import typer
 
+from wshub.core.channels import MAX_CHANNEL_LENGTH, is_valid_channel
 from wshub.core.errors import WshubError
-from wshub.server.serve import DEFAULT_APP, run
+from wshub.server.serve import DEFAULT_APP, PortInUse, run
 from wshub.settings import Settings
 
 if TYPE_CHECKING:
@@ -24,36 +27,147 @@ def main() -> None:
     """wshub: a real-time WebSocket hub for FastAPI."""
 
 
+class LogLevel(enum.StrEnum):
+    """The levels `wshub serve --log-level` takes (``trace`` is uvicorn's, below debug)."""
+
+    CRITICAL = "critical"
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+    DEBUG = "debug"
+    TRACE = "trace"
+
+
+class LogFormat(enum.StrEnum):
+    """``text``, or ``json``: one object per line."""
+
+    TEXT = "text"
+    JSON = "json"
+
+
+class Scenario(enum.StrEnum):
+    """The scenarios of `wshub bench run`."""
+
+    FANOUT = "fanout"
+    SLOW = "slow"
+    ROOMS = "rooms"
+    IDLE = "idle"
+    REDIS = "redis"
+
+
+_DEFAULTS = Settings.model_fields
+
+
+def _default(name: str) -> Any:
+    return _DEFAULTS[name].default
+
+
+_DEFAULT_LOG_LEVEL = LogLevel(_default("log_level"))
+_DEFAULT_LOG_FORMAT = LogFormat(_default("log_format"))
+
+
 @app.command()
 def serve(
     target: Annotated[str, typer.Argument(help="the ASGI app, as module:attribute")] = DEFAULT_APP,
-    host: Annotated[str | None, typer.Option(help="interface to bind [WSHUB_HOST]")] = None,
-    port: Annotated[int | None, typer.Option(help="port to bind [WSHUB_PORT]")] = None,
-    workers: Annotated[int | None, typer.Option(help="worker processes [WSHUB_WORKERS]")] = None,
-    broker: Annotated[str | None, typer.Option(help="broker URL [WSHUB_BROKER]")] = None,
-    log_level: Annotated[str | None, typer.Option(help="log level [WSHUB_LOG_LEVEL]")] = None,
-    log_format: Annotated[str | None, typer.Option(help="text or json [WSHUB_LOG_FORMAT]")] = None,
+    host: Annotated[str, typer.Option(help="interface to bind", envvar="WSHUB_HOST")] = _default(
+        "host"
+    ),
+    port: Annotated[
+        int, typer.Option(help="port to bind", envvar="WSHUB_PORT", min=0, max=65535)
+    ] = _default("port"),
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="worker processes (more than 1 needs Redis)", envvar="WSHUB_WORKERS", min=1
+        ),
+    ] = _default("workers"),
+    broker: Annotated[
+        str, typer.Option(help="broker URL: memory:// or redis://...", envvar="WSHUB_BROKER")
+    ] = _default("broker"),
+    log_level: Annotated[
+        LogLevel,
+        typer.Option(
+            help="log level of uvicorn and wshub",
+            envvar="WSHUB_LOG_LEVEL",
+            case_sensitive=False,
+        ),
+    ] = _DEFAULT_LOG_LEVEL,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(help="text, or json: one object per line", envvar="WSHUB_LOG_FORMAT"),
+    ] = _DEFAULT_LOG_FORMAT,
 ) -> None:
-    """Serve a hub app (the demo by default) on uvicorn, tuned for WebSockets."""
+    """Serve a hub app (the demo by default) on uvicorn, tuned for WebSockets.
+
+    Each option falls back to its WSHUB_* variable, then to the default shown.
+    """
     given = {
         "host": host,
         "port": port,
         "workers": workers,
         "broker": broker,
-        "log_level": log_level,
-        "log_format": log_format,
+        "log_level": log_level.value,
+        "log_format": log_format.value,
     }
     for name, value in given.items():
-        if value is not None:
-            # The app builds its Hub at import, from the environment: hand options on that way.
-            os.environ[f"WSHUB_{name.upper()}"] = str(value)
+        # The app builds its Hub at import, from the environment: hand options on that way.
+        os.environ[f"WSHUB_{name.upper()}"] = str(value)
     # Like uvicorn, import the app from the current directory (`wshub serve myapp:app`).
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    settings = _settings()
+    _check_app(target)
     try:
-        run(target, Settings())
+        run(target, settings)
+    except PortInUse as exc:
+        hint = os.environ.get("WSHUB_PORT_HINT") or "--port"
+        _fail(f"{exc.strerror}: pick another with {hint}")
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+
+
+def _fail(message: str) -> None:
+    """Say what went wrong in one line on stderr and exit with status 1."""
+    typer.echo(f"wshub: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def _settings() -> Settings:
+    """`Settings` from the environment; a bad ``WSHUB_*`` value is one line, not a dump."""
+    try:
+        return Settings()
+    except pydantic.ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = "WSHUB_" + "_".join(str(part) for part in error["loc"]).upper()
+            value = os.environ.get(name, error.get("input"))
+            problems.append(f"{name}={value!s}: {error['msg']}")
+        _fail("invalid setting " + "; ".join(problems))
+        raise  # pragma: no cover  (_fail exits)
+
+
+def _check_app(target: str) -> None:
+    """Import ``module:attribute`` as uvicorn will, and refuse what is not an ASGI app."""
+    from uvicorn.importer import ImportFromStringError, import_from_string
+
+    from wshub.hub.facade import Hub
+
+    try:
+        found = import_from_string(target)
+    except ImportFromStringError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'APP'") from None
+    if isinstance(found, Hub):
+        raise typer.BadParameter(
+            f"{target} is a Hub, not an ASGI app: serve the app it runs in "
+            "(FastAPI(lifespan=hub.lifespan)), e.g. module:app",
+            param_hint="'APP'",
+        )
+    if not callable(found):
+        raise typer.BadParameter(
+            f"{target} is a {type(found).__name__!r} object, not an ASGI app: name the FastAPI or "
+            "Starlette app (module:attribute)",
+            param_hint="'APP'",
+        )
 
 
 @app.command()
@@ -66,7 +180,13 @@ def publish(
     """Publish JSON data to a channel on every hub process sharing a Redis broker."""
     from wshub.publisher import Publisher  # needs the redis extra; serve does not
 
-    settings = Settings()
+    if not is_valid_channel(channel):
+        raise typer.BadParameter(
+            f"{channel!r} is not a channel name: 1 to {MAX_CHANNEL_LENGTH} characters "
+            "among ASCII letters, digits and _-:.@/=+ ('#' names are the hub's own)",
+            param_hint="'CHANNEL'",
+        )
+    settings = _settings()
     try:
         payload = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -141,7 +261,7 @@ _BENCH_OPTIONS = {
 
 @bench_app.command("run")
 def bench_run(
-    scenario: Annotated[str, typer.Argument(help="fanout, slow, rooms, idle or redis")] = "fanout",
+    scenario: Annotated[Scenario, typer.Argument(help="the scenario")] = Scenario.FANOUT,
     target: Annotated[
         str,
         typer.Option(
@@ -168,7 +288,12 @@ def bench_run(
     if target not in TARGETS:
         raise typer.BadParameter(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
     options = Options(subscribers, payload, window, rate, duration, count, rooms, workers)
-    results = [median_result([run(scenario, TARGETS[target], options) for _ in range(runs)])]
+    try:
+        results = [
+            median_result([run(scenario.value, TARGETS[target], options) for _ in range(runs)])
+        ]
+    except ValueError as exc:  # e.g. the redis scenario with a target that has no Redis side
+        raise typer.BadParameter(str(exc)) from None
     print_results(results, as_json=json_output, title=f"wshub bench {scenario}")
 
 

@@ -35,3 +35,28 @@ async def admin(redis_server: RedisServer) -> AsyncIterator[redis.asyncio.Redis]
     client = redis.asyncio.Redis.from_url(redis_server.url)
     yield client
     await client.aclose()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def record_frames() -> Iterator[None]:
+    """Record the frames every `WireClient` exchanges (see `tests.integration.frame_log`)."""
+    from tests.integration import frame_log
+
+    undo = frame_log.install()
+    yield
+    undo()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run when a recorded frame does not fit /asyncapi.json (frame_log.problems)."""
+    from tests.integration import frame_log
+
+    if not frame_log.SAMPLES:
+        return
+    found = frame_log.problems()
+    if found:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        lines = [f"{len(found)} recorded frame(s) do not fit the AsyncAPI document:", *found]
+        if reporter is not None:
+            reporter.write_line("\n".join(lines[:50]), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

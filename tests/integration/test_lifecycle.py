@@ -139,7 +139,7 @@ async def test_client_that_never_pongs_is_closed_4009_within_the_heartbeat(
     a FIN); the server must not wait for it to echo the close frame.
     """
     server, hub = hub_server(ping_interval=0.3, pong_timeout=0.3)
-    ws, welcome = await open_protocol(server, "room")
+    ws, welcome = await open_protocol(server, "room", subprotocols=["wshub.v1.json"])
     opened = time.monotonic()
     assert welcome["ping"] == 0.3
     if not reads:
@@ -158,7 +158,7 @@ async def test_client_that_never_pongs_is_closed_4009_within_the_heartbeat(
 async def test_client_that_answers_pings_stays_connected(hub_server) -> None:
     """A protocol client answering every ping stays connected over many heartbeat intervals."""
     server, hub = hub_server(ping_interval=0.3, pong_timeout=0.3)
-    ws, welcome = await open_protocol(server, "room")
+    ws, welcome = await open_protocol(server, "room", subprotocols=["wshub.v1.json"])
     pings = 0
     while pings < 5:  # five intervals: 1.5 s, three times what a silent client survives
         for frame in await recv_frames(ws, within=1):

@@ -155,7 +155,8 @@ async def connect_with(hub: HubProcess, source: str, token: str) -> None:
         url += f"?tok%65n={token}"  # Starlette decodes the name: this is ``token``
     elif source == "subprotocol":
         # Browsers can only set this header; the hub takes no token from it, but logs it.
-        options["subprotocols"] = [f"bearer.{token}"]
+        # An offer of only unknown subprotocols is closed with 4002: offer wshub's too.
+        options["subprotocols"] = ["wshub.v1.json", f"bearer.{token}"]
     ws = await connect(url, additional_headers=headers, **options)
     if source in ("frame", "subprotocol"):
         await ws.send(orjson.dumps({"op": "connect", "token": token}).decode())

@@ -1,4 +1,4 @@
-"""The protocol endpoint against a real server: wire protocol v1 as DESIGN.md describes it."""
+"""The protocol endpoint against a real server: wire protocol v1 as in docs/protocol.md."""
 
 from __future__ import annotations
 

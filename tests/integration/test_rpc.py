@@ -228,7 +228,8 @@ async def test_a_slow_handler_delays_neither_pings_nor_deliveries_nor_frames(
 ) -> None:
     """While one call waits: a ping comes, a publication is delivered, others are answered."""
     app, server = rpc_app(ping_interval=0.3, pong_timeout=5)
-    async with open_client(server) as client, open_client(server) as publisher:
+    pinged = open_client(server, subprotocols=["wshub.v1.json"])  # app pings need wshub.v1.*
+    async with pinged as client, open_client(server) as publisher:
         await client.subscribe("news")
         await client.send({"op": "rpc", "id": "slow", "method": "slow", "params": 1})
         await wait_until(lambda: app.started == [1])

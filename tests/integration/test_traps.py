@@ -108,7 +108,7 @@ async def test_client_outrunning_a_library_handler_is_closed_4029(serve) -> None
 async def test_seed_chat_never_receives_app_pings(hub_server) -> None:
     """{"op":"ping"} goes to protocol clients only; the seed chat sees nothing but chat."""
     server, hub = hub_server(ping_interval=0.02, pong_timeout=1)
-    protocol, _ = await open_protocol(server)
+    protocol, _ = await open_protocol(server, subprotocols=["wshub.v1.json"])
     chat = await connect(server.ws_url("/ws/chat"))
     await wait_until(lambda: len(hub.subscribers("chat")) == 1)
     await chat.send('{"text":"first"}')

@@ -32,6 +32,7 @@ test("backoff survives huge attempt counts", () => {
 });
 
 test("close codes: 4001/4003 need a new token, 1013/4029 wait, the rest retry", () => {
+  assert.equal(reconnectPolicy(4002), "stop");
   assert.equal(reconnectPolicy(4001), "reauth");
   assert.equal(reconnectPolicy(4003), "reauth");
   assert.equal(reconnectPolicy(1013), "later");

@@ -83,3 +83,8 @@ def test_an_empty_channels_epoch_is_learnt_later() -> None:
     p.accept("a", 1)
     p.learn_epoch("a", {"offset": 1, "epoch": "e7"})
     assert p.resubscribe_fields("a") == {"since": 1, "epoch": "e7"}
+
+
+def test_4002_stops_the_client() -> None:
+    """4002 (no subprotocol the server speaks) cannot be cured by retrying or a new token."""
+    assert reconnect_policy(4002) == "stop"

@@ -215,6 +215,14 @@ class SubscriberSession:
         expected = isinstance(exc, RedisError | OSError | TimeoutError | ProbeFailed)
         if self._outage_since is not None:
             logger.debug("Redis broker: reconnecting to %s failed: %s", self._where, exc)
+        elif expected and self.state is BrokerState.CONNECTING:
+            # Never connected yet (startup): nothing was lost, Redis is just not there.
+            logger.warning(
+                "cannot reach Redis at %s (%s); publishes fail until it answers, "
+                "retrying with backoff",
+                self._where,
+                exc,
+            )
         elif expected:
             logger.warning(
                 "Redis broker lost its connection to %s (%s); publishes fail until it is "

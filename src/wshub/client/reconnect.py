@@ -21,7 +21,7 @@ from wshub.client.models import ClientError, ClientState, StateChange, TokenSour
 
 logger = logging.getLogger("wshub.client")
 
-Policy = Literal["reauth", "later", "retry"]
+Policy = Literal["stop", "reauth", "later", "retry"]
 #: How a connection ended: close code, reason, and whether ``welcome`` had come.
 Outcome = tuple[int, str, bool]
 
@@ -48,8 +48,10 @@ def slow_consumer_delay(
 
 
 def reconnect_policy(code: int) -> Policy:
-    """After a close: ``reauth`` (4001/4003: only with a new token), ``later`` (1013/4029)
-    or ``retry``."""
+    """After a close: ``stop`` (4002: no subprotocol of ours; retrying cannot help),
+    ``reauth`` (4001/4003: only with a new token), ``later`` (1013/4029) or ``retry``."""
+    if code == 4002:
+        return "stop"
     if code in (4001, 4003):
         return "reauth"
     if code in (1013, 4029):
@@ -167,6 +169,9 @@ class ReconnectLoop:
             if not self.wanted:
                 break
             policy = reconnect_policy(code)
+            if policy == "stop":
+                self._stop(code, reason)
+                return
             if policy == "reauth":
                 self.rejected = (self.current_token, code, reason)
                 if client.get_token is None:

@@ -408,11 +408,16 @@ class ChannelRegistry:
         else:
             del self._channels[entry.name]  # refused: never asked again
             self._client.positions.discard(entry.name)
+        raised = False
         for sub in entry.subs:
             if not sub.ready.done():
                 sub.ready.set_exception(error)
                 sub.ready.exception()  # retrieved: subscribe() raises it to its caller
-        self._report(error)
+                raised = True
+        if raised:  # the caller has it: report only what nobody else sees
+            logger.debug("wshub client: subscribing to %s failed: %s", entry.name, error)
+        else:
+            self._report(error)
 
     def _on_subscribe_result(self, entry: _Channel, result: dict[str, Any], asked: bool) -> None:
         positions = self._client.positions

@@ -4,6 +4,8 @@ Three codecs, one per way a connection sees publications:
 
 - `JsonCodec` (subprotocol ``wshub.v1.json``, the default): text frames, protocol
   envelopes, several frames may be packed into one message separated by ``\\n``;
+- `UnpackedJsonCodec` (``wshub.v1.json.unpacked``): the same text frames, one per
+  message, never packed (for clients that ``JSON.parse`` each message);
 - `MsgpackCodec` (``wshub.v1.msgpack``): binary frames, the same objects;
 - `RawJsonCodec` (library mode, such as the seed chat): text frames carrying the
   published data itself, no envelope, never packed.
@@ -15,6 +17,7 @@ JSON envelope is spliced around them without decoding them again.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import msgpack
@@ -25,7 +28,14 @@ from wshub.core.sendqueue import Frame
 from wshub.core.types import Publication
 
 JSON_SUBPROTOCOL = "wshub.v1.json"
+JSON_UNPACKED_SUBPROTOCOL = "wshub.v1.json.unpacked"
 MSGPACK_SUBPROTOCOL = "wshub.v1.msgpack"
+#: The subprotocols the protocol endpoint accepts, in the order documented.
+PROTOCOL_SUBPROTOCOLS: tuple[str, ...] = (
+    JSON_SUBPROTOCOL,
+    JSON_UNPACKED_SUBPROTOCOL,
+    MSGPACK_SUBPROTOCOL,
+)
 
 
 def dumps(obj: object) -> bytes:
@@ -127,6 +137,16 @@ class JsonCodec(Codec):
         return Frame.text(b"".join(parts))
 
 
+class UnpackedJsonCodec(JsonCodec):
+    """``wshub.v1.json.unpacked``: the JSON codec's frames, one per WebSocket message.
+
+    It shares `JsonCodec`'s index, so fan-out builds each frame once for both.
+    """
+
+    subprotocol = JSON_UNPACKED_SUBPROTOCOL
+    packs = False
+
+
 class MsgpackCodec(Codec):
     """Protocol endpoint, ``wshub.v1.msgpack``: the same objects as MessagePack binary frames."""
 
@@ -173,6 +193,13 @@ class MsgpackCodec(Codec):
 #: One instance of each codec, indexed by `Codec.index`.
 CODECS: tuple[Codec, ...] = (RawJsonCodec(), JsonCodec(), MsgpackCodec())
 RAW_JSON, JSON, MSGPACK = CODECS
+#: Not in `CODECS`: it encodes like `JSON` (same index), only the writer packs no frames.
+JSON_UNPACKED = UnpackedJsonCodec()
+_BY_SUBPROTOCOL: dict[str, Codec] = {
+    JSON_SUBPROTOCOL: JSON,
+    JSON_UNPACKED_SUBPROTOCOL: JSON_UNPACKED,
+    MSGPACK_SUBPROTOCOL: MSGPACK,
+}
 
 
 def codec_for_subprotocols(offered: list[str]) -> Codec:
@@ -180,12 +207,39 @@ def codec_for_subprotocols(offered: list[str]) -> Codec:
 
     The first offered subprotocol wshub knows wins; with none known, JSON.
     """
-    for name in offered:
-        if name == MSGPACK_SUBPROTOCOL:
-            return MSGPACK
-        if name == JSON_SUBPROTOCOL:
-            return JSON
-    return JSON
+    chosen = negotiate_subprotocol(offered, PROTOCOL_SUBPROTOCOLS)
+    return JSON if chosen is None else _BY_SUBPROTOCOL[chosen]
+
+
+def negotiate_subprotocol(offered: list[str], supported: Iterable[str]) -> str | None:
+    """The first subprotocol in ``offered`` (the client's order) that is ``supported``.
+
+    None when the client offered none of them (or nothing at all).
+    """
+    accepted = set(supported)
+    return next((name for name in offered if name in accepted), None)
+
+
+def refusal_subprotocol(offered: list[str], supported: Iterable[str] = ()) -> str | None:
+    """The subprotocol to accept a connection with that is closed right away (4001, 4003...).
+
+    Browsers and most client libraries fail a connection whose handshake answer does
+    not name one of the subprotocols they offered (close code 1006, the server's
+    close code never seen). A refusal carries no frame but the close, so any offered
+    name will do: the first ``supported`` one, else the client's first offer.
+    """
+    chosen = negotiate_subprotocol(offered, supported)
+    if chosen is None and offered:
+        return offered[0]
+    return chosen
+
+
+def unsupported_reason(supported: Iterable[str]) -> str:
+    """The reason of the 4002 close: what the route would have accepted."""
+    names = ", ".join(supported)
+    if not names:
+        return "unsupported subprotocol: offer none here"
+    return f"unsupported subprotocol: offer one of {names}"
 
 
 def _finite(obj: object) -> bool:

@@ -17,7 +17,7 @@ import re
 
 
 class CloseCode(enum.IntEnum):
-    """WebSocket close codes wshub sends (see DESIGN.md, "Close codes")."""
+    """WebSocket close codes wshub sends (see docs/protocol.md, "Close codes")."""
 
     NORMAL = 1000
     GOING_AWAY = 1001
@@ -27,6 +27,7 @@ class CloseCode(enum.IntEnum):
     SERVICE_RESTART = 1012
     TRY_AGAIN_LATER = 1013
     UNAUTHORIZED = 4001
+    UNSUPPORTED_SUBPROTOCOL = 4002
     FORBIDDEN = 4003
     SLOW_CONSUMER = 4008
     HEARTBEAT_TIMEOUT = 4009

@@ -3,7 +3,7 @@
 Client frames are JSON objects (or MessagePack maps) with an ``op``; the server
 answers a request carrying an ``id`` with ``{"id":..,"result":{..}}`` or
 ``{"id":..,"error":{"code":..,"message":..}}``. A request without an ``id`` gets
-no success reply, only an error frame if it fails. See DESIGN.md for the tables.
+no success reply, only an error frame if it fails. See docs/protocol.md for the tables.
 
 Nothing here touches a socket or an event loop.
 """

@@ -77,6 +77,7 @@ async def chat(ws: WebSocket, who: Annotated[Identity, Depends(hub.authenticate)
             message = {"user": data.get("user", "anon"), "text": data.get("text", "")}
             try:
                 await hub.publish("chat", message)
+                _seed_published[0] += 1  # for the dashboard: "chat" keeps no history offsets
             except BrokerUnavailable:
                 # The seed's wire format has no error frame; the broker logs the outage.
                 continue
@@ -145,6 +146,53 @@ async def dashboard() -> str:
     return (files("wshub.demo") / "static" / "dashboard.html").read_text()
 
 
+#: Publications of the seed chat (channel "chat", no history, so no offsets to read).
+_seed_published = [0]
+#: Rows of the dashboard's tables.
+_TOP = 8
+
+
+def _published(channel: str) -> int | None:
+    """Publications to ``channel`` so far, where the process knows: None where it doesn't.
+
+    Channels with history carry offsets, and the hub remembers the last one delivered
+    (read here, no I/O); the seed chat is counted by its endpoint. Other channels keep
+    no count, so the dashboard shows their subscribers only.
+    """
+    if channel == "chat":
+        return _seed_published[0]
+    positions = getattr(getattr(hub, "delivery", None), "positions", None)
+    if isinstance(positions, dict):
+        last = positions.get(channel)
+        return last if isinstance(last, int) else None
+    return None
+
+
+def _busiest_channels() -> list[dict[str, Any]]:
+    """The channels with the most local subscribers, with their publication counters."""
+    counts = sorted(hub.channel_counts().items(), key=lambda item: (-item[1], item[0]))
+    return [
+        {"channel": channel, "subscribers": members, "published": _published(channel)}
+        for channel, members in counts[:_TOP]
+    ]
+
+
+def _slowest_connections(connections: list[Connection]) -> list[dict[str, Any]]:
+    """The connections with the deepest send queues (frames and bytes waiting)."""
+    deepest = sorted(connections, key=lambda conn: (-len(conn.queue), -conn.queue.bytes))[:_TOP]
+    return [
+        {
+            "id": conn.id,
+            "user": conn.user,
+            "queued": len(conn.queue),
+            "queued_bytes": conn.queue.bytes,
+            "dropped": conn.queue.dropped,
+            "channels": len(conn.channels),
+        }
+        for conn in deepest
+    ]
+
+
 def _rpc_stats() -> dict[str, Any]:
     """RPC calls since start and their mean latency in ms (None before the first)."""
     stats = hub.stats
@@ -170,6 +218,8 @@ async def dashboard_stats() -> dict[str, Any]:
         "broker": hub.broker_state.value,
         "ready": hub.ready,
         "rpc": _rpc_stats(),
+        "busiest_channels": _busiest_channels(),
+        "slowest_connections": _slowest_connections(connections),
         "stats": {  # the plain counters (HubStats also holds histograms)
             field.name: value
             for field in dataclasses.fields(hub.stats)

@@ -29,6 +29,8 @@ class ConnectContext:
         identity: who the connection belongs to, if known already.
         codec: how frames are encoded.
         subprotocol: the subprotocol to accept with.
+        refusal: when set, accept (with ``subprotocol``) and close at once with 4002
+            and this reason: the client offered no subprotocol the route supports.
         heartbeat: send app-level pings and expect pongs.
         reader: read the socket in a task of its own, for ``conn.iter_*()``.
         queue: the connection's send queue.
@@ -42,6 +44,7 @@ class ConnectContext:
         identity: Identity | None,
         codec: Codec,
         subprotocol: str | None,
+        refusal: str | None,
         heartbeat: bool,
         reader: bool,
         queue: SendQueue,
@@ -49,6 +52,7 @@ class ConnectContext:
         self._lifecycle = lifecycle
         self._identity = identity
         self._subprotocol = subprotocol
+        self._refusal = refusal
         self._heartbeat = heartbeat
         self._reader = reader
         self.connection = Connection(
@@ -57,7 +61,9 @@ class ConnectContext:
 
     async def __aenter__(self) -> Connection:
         conn = self.connection
-        await self._lifecycle.attach(conn, self._subprotocol, self._heartbeat, self._identity)
+        await self._lifecycle.attach(
+            conn, self._subprotocol, self._heartbeat, self._identity, self._refusal
+        )
         conn._handler = asyncio.current_task()
         if self._reader:
             conn.start_reader()

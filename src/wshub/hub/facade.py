@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from starlette.exceptions import WebSocketException
@@ -23,7 +23,13 @@ from wshub.brokers import Broker, BrokerState, broker_from_url
 from wshub.brokers.history import HistoryPage
 from wshub.brokers.presence import ClientInfo, Presence
 from wshub.core.channels import BROADCAST_CHANNEL, is_valid_channel, user_channel
-from wshub.core.codecs import RAW_JSON, Codec
+from wshub.core.codecs import (
+    RAW_JSON,
+    Codec,
+    negotiate_subprotocol,
+    refusal_subprotocol,
+    unsupported_reason,
+)
 from wshub.core.errors import CloseCode, ErrorCode, ProtocolError
 from wshub.core.sendqueue import OverflowPolicy, SendQueue
 from wshub.core.types import (
@@ -209,6 +215,7 @@ class Hub:
         user: str | None = None,
         codec: Codec = RAW_JSON,
         subprotocol: str | None = None,
+        subprotocols: Iterable[str] = (),
         heartbeat: bool = False,
         reader: bool = True,
         queue_max_messages: int | None = None,
@@ -228,7 +235,13 @@ class Hub:
                 leaves it anonymous until `identify` is called.
             user: shorthand for ``identity=Identity(user)``.
             codec: how frames are encoded; library mode sends data as JSON text.
-            subprotocol: the subprotocol to accept with.
+            subprotocol: the subprotocol to accept with, as it is (no negotiation).
+            subprotocols: without ``subprotocol``, the subprotocols this route speaks:
+                the first one the client offers is accepted. A client that offered
+                subprotocols but none of these is accepted with its first offer (so
+                that browsers see the close code) and closed at once with 4002
+                "unsupported subprotocol". By default (none), a library-mode route
+                accepts clients that offer no subprotocol only.
             heartbeat: send ``{"op":"ping"}`` and expect pongs (protocol endpoint).
             reader: read the socket in a task of its own, for ``conn.iter_*()``.
             queue_max_messages, queue_max_bytes, overflow_policy: per-connection
@@ -242,8 +255,25 @@ class Hub:
         )
         if identity is None and user is not None:
             identity = Identity(user)
+        refusal = None
+        if subprotocol is None:
+            offered = list(websocket.scope.get("subprotocols") or [])
+            supported = tuple(subprotocols)
+            subprotocol = negotiate_subprotocol(offered, supported)
+            if subprotocol is None and offered:
+                subprotocol = refusal_subprotocol(offered)
+                refusal = unsupported_reason(supported)
         return ConnectContext(
-            self, self.lifecycle, websocket, identity, codec, subprotocol, heartbeat, reader, queue
+            self,
+            self.lifecycle,
+            websocket,
+            identity,
+            codec,
+            subprotocol,
+            refusal,
+            heartbeat,
+            reader,
+            queue,
         )
 
     async def identify(self, conn: Connection, identity: Identity) -> bool:

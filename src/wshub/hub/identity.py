@@ -22,6 +22,7 @@ from starlette.exceptions import WebSocketException
 from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocket, WebSocketState
 
+from wshub.core.codecs import refusal_subprotocol
 from wshub.core.errors import CloseCode, WshubError
 from wshub.core.protocol import truncate_reason
 from wshub.settings import Settings
@@ -119,7 +120,9 @@ async def reject(websocket: WebSocket, code: int, reason: str) -> WebSocketExcep
     then sends the close frame, and the endpoint's own code never runs.
     """
     if websocket.client_state is WebSocketState.CONNECTING:
-        await websocket.accept()
+        offered = list(websocket.scope.get("subprotocols") or [])
+        # One of the client's offers, so that browsers see the close code (not 1006).
+        await websocket.accept(subprotocol=refusal_subprotocol(offered))
     return WebSocketException(code=code, reason=truncate_reason(reason))
 
 

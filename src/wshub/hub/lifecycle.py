@@ -153,9 +153,18 @@ class Lifecycle:
             logger.warning("%d connection(s) still open after shutdown", len(connections))
 
     async def attach(
-        self, conn: Connection, subprotocol: str | None, heartbeat: bool, identity: Identity | None
+        self,
+        conn: Connection,
+        subprotocol: str | None,
+        heartbeat: bool,
+        identity: Identity | None,
+        refusal: str | None = None,
     ) -> None:
         """Accept ``conn`` and register it, or close it at a limit (1013) or at shutdown.
+
+        Every accept names ``subprotocol``, refusals included, so that browsers see
+        the close code. With ``refusal`` (no offered subprotocol is supported), the
+        connection is closed at once with 4002 and that reason.
 
         With ``identity`` `UNAUTHENTICATED` the connection joins the unauthenticated
         pool: at ``max_unauthenticated`` its oldest member is closed with 1013 "too
@@ -169,6 +178,10 @@ class Lifecycle:
                 "the hub is not started: create the app with FastAPI(lifespan=hub.lifespan)"
             )
         await conn._open(subprotocol)
+        if refusal is not None:
+            self.stats.refused += 1
+            conn.close(CloseCode.UNSUPPORTED_SUBPROTOCOL, refusal, drain=False)
+            return
         if self.draining:
             conn.close(CloseCode.GOING_AWAY, "server shutting down")
             return

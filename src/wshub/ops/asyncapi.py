@@ -28,10 +28,16 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, FastAPI, Request
 from pydantic import BaseModel
 
-from wshub.core.channels import CHANNEL_CHARS, MAX_CHANNEL_LENGTH
-from wshub.core.codecs import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL
+from wshub.core.channels import (
+    BROADCAST_CHANNEL,
+    CHANNEL_CHARS,
+    MAX_CHANNEL_LENGTH,
+    USER_CHANNEL_PREFIX,
+)
+from wshub.core.codecs import JSON_SUBPROTOCOL, JSON_UNPACKED_SUBPROTOCOL, MSGPACK_SUBPROTOCOL
 from wshub.core.errors import CloseCode, ErrorCode
 from wshub.core.protocol import MAX_ID_LENGTH, PROTOCOL_VERSION, Op
+from wshub.core.types import MAX_IDEMPOTENCY_KEY
 
 if TYPE_CHECKING:
     from wshub.hub.facade import Hub
@@ -43,11 +49,36 @@ CHANNEL: Schema = {
     "pattern": f"^[{CHANNEL_CHARS}]{{1,{MAX_CHANNEL_LENGTH}}}$",
     "description": f"a channel: 1 to {MAX_CHANNEL_LENGTH} of A-Z a-z 0-9 _ - : . @ / = +",
 }
+#: The channel of a live ``message`` frame: a client's channel, or an internal one
+#: (`Hub.broadcast` on ``#all``, `Hub.send_to_user` on ``#user:<id>``).
+MESSAGE_CHANNEL: Schema = {
+    "anyOf": [
+        CHANNEL,
+        {"type": "string", "const": BROADCAST_CHANNEL},
+        {"type": "string", "pattern": f"^{USER_CHANNEL_PREFIX}.+$"},
+    ],
+    "description": "a channel, or #all (broadcast) or #user:<id> (sent to a user)",
+}
+#: JSON Schema (draft 7) counts 1.0 as an integer; the server does not (a JSON number
+#: with a fraction or exponent, or a MessagePack float, is refused with bad_request).
+INTEGER_NOTE = "written without a fraction or exponent: 1.0 is refused"
 REQUEST_ID: Schema = {
-    "oneOf": [{"type": "integer"}, {"type": "string", "maxLength": MAX_ID_LENGTH}],
+    "oneOf": [
+        {"type": "integer", "description": INTEGER_NOTE},
+        {"type": "string", "maxLength": MAX_ID_LENGTH},
+        {"type": "null", "description": "the same as no id: no success reply"},
+    ],
     "description": "chosen by the client; the reply carries it back",
 }
+#: The id of a reply: never null (a request without one gets no success reply).
+REPLY_ID: Schema = {
+    "oneOf": [{"type": "integer"}, {"type": "string", "maxLength": MAX_ID_LENGTH}],
+    "description": "the request's id",
+}
 OFFSET: Schema = {"type": "integer", "minimum": 0}
+#: An optional integer field of a client frame: null is the same as absent.
+OPTIONAL_OFFSET: Schema = {"type": ["integer", "null"], "minimum": 0, "description": INTEGER_NOTE}
+OPTIONAL_STRING: Schema = {"type": ["string", "null"], "description": "null: the same as absent"}
 MESSAGE_ITEM: Schema = {
     "type": "object",
     "required": ["channel", "data"],
@@ -58,31 +89,42 @@ MESSAGE_ITEM: Schema = {
         "from": {"type": "string", "description": "the publishing client's id"},
     },
 }
+MORE: Schema = {"type": "boolean", "const": True, "description": "only the first page"}
 
 #: Per op: (summary, fields besides op and id, required fields, reply result or None).
 OPS: dict[Op, tuple[str, Schema, list[str], Schema | None]] = {
     Op.SUBSCRIBE: (
         "Join a channel; with `since`, recover what was missed.",
-        {"channel": CHANNEL, "since": OFFSET, "epoch": {"type": "string"}},
+        {"channel": CHANNEL, "since": OPTIONAL_OFFSET, "epoch": OPTIONAL_STRING},
         ["channel"],
         {
             "offset": OFFSET,
             "epoch": {"type": "string"},
             "recovered": {"type": "boolean"},
+            "more": MORE,
             "messages": {"type": "array", "items": MESSAGE_ITEM},
         },
     ),
     Op.UNSUBSCRIBE: ("Leave a channel.", {"channel": CHANNEL}, ["channel"], {}),
     Op.PUBLISH: (
         "Publish data to every member of a channel, in every process.",
-        {"channel": CHANNEL, "data": {"description": "any JSON value"}},
+        {
+            "channel": CHANNEL,
+            "data": {"description": "any JSON value"},
+            "idempotency_key": {
+                "type": ["string", "null"],
+                "minLength": 1,
+                "maxLength": MAX_IDEMPOTENCY_KEY,
+                "description": "a retry with the same key publishes once",
+            },
+        },
         ["channel", "data"],
         {"offset": OFFSET},
     ),
     Op.PONG: ("Answer a server ping.", {}, [], None),
     Op.CONNECT: (
         "First frame: authenticate when the handshake carried no token.",
-        {"token": {"type": "string"}},
+        {"token": OPTIONAL_STRING},
         [],
         {},
     ),
@@ -108,11 +150,12 @@ OPS: dict[Op, tuple[str, Schema, list[str], Schema | None]] = {
     ),
     Op.HISTORY: (
         "Read a channel's kept publications.",
-        {"channel": CHANNEL, "since": OFFSET, "limit": OFFSET, "epoch": {"type": "string"}},
+        {"channel": CHANNEL, "since": OPTIONAL_OFFSET, "limit": OPTIONAL_OFFSET},
         ["channel"],
         {
             "offset": OFFSET,
             "epoch": {"type": "string"},
+            "more": MORE,
             "messages": {"type": "array", "items": MESSAGE_ITEM},
         },
     ),
@@ -127,30 +170,40 @@ OPS: dict[Op, tuple[str, Schema, list[str], Schema | None]] = {
     ),
 }
 
-#: What each error code of a reply means.
+#: What each error code a WebSocket reply can carry means (`too_large` is HTTP/SSE only).
 ERROR_MEANINGS: dict[ErrorCode, str] = {
     ErrorCode.BAD_REQUEST: "malformed frame, unknown op, invalid channel, limit reached",
     ErrorCode.UNAUTHORIZED: "bad credentials in refresh",
     ErrorCode.FORBIDDEN: "the channel's rules or a permission hook refused",
-    ErrorCode.NOT_FOUND: "no such thing",
-    ErrorCode.TOO_LARGE: "data too large",
-    ErrorCode.RATE_LIMITED: "too many frames; slow down",
+    ErrorCode.NOT_FOUND: "rpc: no method by that name",
+    ErrorCode.RATE_LIMITED: "too many frames, or too many rpc calls in flight",
     ErrorCode.UNAVAILABLE: "the broker is down; nothing was published",
     ErrorCode.INTERNAL: "a server bug; the connection stays usable",
     ErrorCode.TIMEOUT: "the broker did not answer in time; the publication may have gone out",
 }
 
-#: When the server closes with each code.
+#: Codes wshub has that the protocol endpoint never sends.
+NOT_SENT: dict[ErrorCode | CloseCode, str] = {
+    ErrorCode.TOO_LARGE: "HTTP API and SSE only",
+    CloseCode.POLICY_VIOLATION: "library-mode endpoints only",
+}
+#: An RPC handler's own error code (`RPCError`).
+APP_ERROR_CODE = "^[a-z][a-z0-9_]{0,31}$"
+
+#: When the protocol endpoint closes with each code.
 CLOSE_MEANINGS: dict[CloseCode, str] = {
     CloseCode.NORMAL: "normal close",
     CloseCode.GOING_AWAY: "server shutting down (graceful drain); reconnect",
-    CloseCode.POLICY_VIOLATION: "malformed protocol the server can't recover from",
     CloseCode.MESSAGE_TOO_BIG: "message larger than the limit",
     CloseCode.INTERNAL_ERROR: "internal error",
     CloseCode.SERVICE_RESTART: "service restart (sent by uvicorn); treat like 1001",
     CloseCode.TRY_AGAIN_LATER: "connection limit reached; retry later",
     CloseCode.UNAUTHORIZED: "missing, invalid or expired token; don't retry with it",
-    CloseCode.FORBIDDEN: "origin not allowed, or user banned",
+    CloseCode.UNSUPPORTED_SUBPROTOCOL: (
+        "none of the offered subprotocols is supported (the reason lists those that are); "
+        "don't retry"
+    ),
+    CloseCode.FORBIDDEN: "origin not allowed, or an on_connect hook refused (the reason says)",
     CloseCode.SLOW_CONSUMER: "send queue overflowed; reconnect and recover from history",
     CloseCode.HEARTBEAT_TIMEOUT: "no pong in time",
     CloseCode.RATE_LIMITED: "too many frames",
@@ -168,6 +221,10 @@ def _object(required: list[str], properties: Schema) -> Schema:
 def _client_message(op: Op) -> Schema:
     summary, fields, required, _ = OPS[op]
     payload = _object(["op", *required], {"op": _op_const(op.value), "id": REQUEST_ID, **fields})
+    if op is Op.SUBSCRIBE:
+        # "subscribe with 'since' needs an 'id'": the recovery reply must be matched.
+        payload["if"] = {"required": ["since"], "properties": {"since": {"type": "integer"}}}
+        payload["then"] = {"required": ["id"], "properties": {"id": REPLY_ID}}
     return {
         "name": op.value,
         "title": f"{op.value} (client)",
@@ -177,7 +234,7 @@ def _client_message(op: Op) -> Schema:
 
 
 def _reply_message(op: Op, result: Schema) -> Schema:
-    payload = _object(["id", "result"], {"id": REQUEST_ID, "result": _object([], result)})
+    payload = _object(["id", "result"], {"id": REPLY_ID, "result": _object([], result)})
     return {
         "name": f"{op.value}Reply",
         "summary": f"Success reply to {op.value}.",
@@ -189,7 +246,12 @@ def _server_messages() -> dict[str, Schema]:
     error = _object(
         ["code", "message"],
         {
-            "code": {"type": "string", "enum": [c.value for c in ErrorCode]},
+            "code": {
+                "anyOf": [
+                    {"type": "string", "enum": [c.value for c in ERROR_MEANINGS]},
+                    {"type": "string", "pattern": APP_ERROR_CODE, "description": "an RPC's own"},
+                ]
+            },
             "message": {"type": "string"},
         },
     )
@@ -208,12 +270,25 @@ def _server_messages() -> dict[str, Schema]:
                 "user": {"type": ["string", "null"]},
                 "ping": {"type": "number", "description": "seconds between server pings"},
                 "version": {"type": "integer", "const": PROTOCOL_VERSION},
+                "subscribed": {
+                    "type": "array",
+                    "description": "channels on_connect hooks subscribed the connection to",
+                    "items": _object(
+                        ["channel"],
+                        {"channel": CHANNEL, "offset": OFFSET, "epoch": {"type": "string"}},
+                    ),
+                },
             },
         ),
         "message": (
-            "A publication on a subscribed channel.",
+            "A publication on a subscribed channel, or on #all / #user:<id>.",
             ["channel", "data"],
-            MESSAGE_ITEM["properties"],
+            {**MESSAGE_ITEM["properties"], "channel": MESSAGE_CHANNEL},
+        ),
+        "gap": (
+            "Publications of a channel were lost; what follows continues after offset.",
+            ["channel"],
+            {"channel": CHANNEL, "offset": OFFSET, "epoch": {"type": "string"}},
         ),
         "join": (
             "Someone joined a channel (namespaces with join/leave).",
@@ -234,7 +309,7 @@ def _server_messages() -> dict[str, Schema]:
     messages["error"] = {
         "name": "error",
         "summary": "Failure reply; `id` is absent when the frame had none.",
-        "payload": _object(["error"], {"id": REQUEST_ID, "error": error}),
+        "payload": _object(["error"], {"id": REPLY_ID, "error": error}),
     }
     return messages
 
@@ -266,7 +341,7 @@ def _operations(messages: dict[str, Schema]) -> dict[str, Schema]:
             replies = [_ref(f"{op.value}Reply"), _ref("error")]
             operation["reply"] = {"channel": channel, "messages": replies}
         operations[f"receive_{op.value}"] = operation
-    for name in ("welcome", "message", "join", "leave", "ping", "error"):
+    for name in ("welcome", "message", "join", "leave", "gap", "ping", "error"):
         summary = messages[name]["summary"]
         operations[f"send_{name}"] = {
             "action": "send",
@@ -387,7 +462,7 @@ def _rpc_messages(methods: list[RpcSchema]) -> tuple[dict[str, Schema], dict[str
         messages[f"{key}Reply"] = {
             "name": f"{key}Reply",
             "summary": f"Result of the RPC method {method.name}.",
-            "payload": _object(["id", "result"], {"id": REQUEST_ID, "result": result}),
+            "payload": _object(["id", "result"], {"id": REPLY_ID, "result": result}),
         }
         operations[f"receive_{key}"] = {
             "action": "receive",
@@ -425,11 +500,12 @@ def document(
     operations.update(rpc_operations)
     typed = {name: _schema_ref(model.__name__) for name, model in namespace_models(hub).items()}
     channel_extras: Schema = {"x-namespaces": typed} if typed else {}
-    components: Schema = {"securitySchemes": _security()}
+    cookie = hub.settings.auth_cookie if hub is not None else "wshub_token"
+    components: Schema = {"securitySchemes": _security(cookie)}
     schemas = app_schemas(hub)
     if schemas:
         components["schemas"] = schemas
-    closes = {str(int(code)): CLOSE_MEANINGS[code] for code in CloseCode}
+    closes = {str(int(code)): CLOSE_MEANINGS[code] for code in CloseCode if code in CLOSE_MEANINGS}
     return {
         "asyncapi": "3.0.0",
         "info": {
@@ -437,9 +513,13 @@ def document(
             "version": str(PROTOCOL_VERSION),
             "description": (
                 "JSON frames in text messages (subprotocol "
-                f"`{JSON_SUBPROTOCOL}`, the default; several server frames may share one "
-                f"message, separated by newlines) or MessagePack in binary messages "
-                f"(`{MSGPACK_SUBPROTOCOL}`). Close codes: "
+                f"`{JSON_SUBPROTOCOL}`; several server frames may share one "
+                "message, separated by newlines; "
+                f"`{JSON_UNPACKED_SUBPROTOCOL}`: one frame per message), or the same "
+                "frames as MessagePack (`application/msgpack`) in binary messages "
+                f"(`{MSGPACK_SUBPROTOCOL}`). A client offering no subprotocol gets "
+                f"`{JSON_SUBPROTOCOL}` framing and no `ping` frames (protocol pings only); "
+                "one offering only unknown ones is closed with 4002. Close codes: "
                 + "; ".join(f"{code} {meaning}" for code, meaning in closes.items())
             ),
         },
@@ -451,6 +531,7 @@ def document(
                 "protocol": protocol,
                 "security": [
                     {"$ref": "#/components/securitySchemes/bearer"},
+                    {"$ref": "#/components/securitySchemes/cookie"},
                     {"$ref": "#/components/securitySchemes/query"},
                 ],
             }
@@ -462,6 +543,7 @@ def document(
                 "messages": messages,
                 "bindings": {"ws": {"method": "GET", "query": _query(), "bindingVersion": "0.1.0"}},
                 "x-close-codes": closes,
+                "x-subprotocols": SUBPROTOCOLS,
                 **channel_extras,
             }
         },
@@ -477,7 +559,7 @@ def _query() -> Schema:
     }
 
 
-def _security() -> Schema:
+def _security(cookie: str = "wshub_token") -> Schema:
     return {
         "bearer": {
             "type": "http",
@@ -485,8 +567,30 @@ def _security() -> Schema:
             "bearerFormat": "JWT",
             "description": "Authorization: Bearer <JWT> on the handshake (or a connect frame)",
         },
+        "cookie": {
+            "type": "httpApiKey",
+            "name": cookie,
+            "in": "cookie",
+            "description": "the JWT in the cookie named by `auth_cookie` (default wshub_token)",
+        },
         "query": {"type": "httpApiKey", "name": "token", "in": "query"},
     }
+
+
+#: Each subprotocol's framing: the messages' content type, and whether frames are packed.
+SUBPROTOCOLS: Schema = {
+    JSON_SUBPROTOCOL: {"contentType": "application/json", "packed": True, "frames": "text"},
+    JSON_UNPACKED_SUBPROTOCOL: {
+        "contentType": "application/json",
+        "packed": False,
+        "frames": "text",
+    },
+    MSGPACK_SUBPROTOCOL: {
+        "contentType": "application/msgpack",
+        "packed": False,
+        "frames": "binary",
+    },
+}
 
 
 def add_asyncapi(

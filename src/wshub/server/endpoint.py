@@ -1,4 +1,4 @@
-"""The protocol endpoint: wire protocol v1 over one WebSocket (see DESIGN.md).
+"""The protocol endpoint: wire protocol v1 over one WebSocket (see docs/protocol.md).
 
 A table maps each op to a handler; a handler returns the reply's ``result`` or
 raises `ProtocolError`. The endpoint's loop reads one frame at a time and every
@@ -26,7 +26,12 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
-from wshub.core.codecs import Codec, codec_for_subprotocols
+from wshub.core.codecs import (
+    PROTOCOL_SUBPROTOCOLS,
+    Codec,
+    codec_for_subprotocols,
+    negotiate_subprotocol,
+)
 from wshub.core.errors import (
     BrokerUnavailable,
     CloseCode,
@@ -85,20 +90,27 @@ class ProtocolEndpoint:
         }
 
     async def __call__(self, websocket: WebSocket) -> None:
+        # Every accept names one of the client's offers, refusals included: browsers and
+        # most libraries fail a handshake answer without it (1006), hiding the close code.
         offered = list(websocket.scope.get("subprotocols") or [])
+        subprotocol = negotiate_subprotocol(offered, PROTOCOL_SUBPROTOCOLS)
         codec = codec_for_subprotocols(offered)
-        subprotocol = codec.subprotocol if codec.subprotocol in offered else None
-        try:
-            identity = await self._handshake_identity(websocket)
-        except AuthError as exc:
-            await self._refuse(websocket, subprotocol, exc.reason)
-            return
+        if subprotocol is not None or not offered:
+            try:
+                identity = await self._handshake_identity(websocket)
+            except AuthError as exc:
+                await self._refuse(websocket, subprotocol, exc.reason)
+                return
+        else:
+            identity = ANONYMOUS  # closed with 4002 on accept, by `hub.connect`
         context = self.hub.connect(
             websocket,
             identity=UNAUTHENTICATED if identity is None else identity,
             codec=codec,
-            subprotocol=subprotocol,
-            heartbeat=True,
+            subprotocols=PROTOCOL_SUBPROTOCOLS,
+            # Clients that negotiated wshub.v1.* answer {"op":"ping"}; hand-driven ones
+            # offering nothing (websocat, python -m websockets) rely on protocol pings.
+            heartbeat=subprotocol is not None,
             reader=False,
         )
         async with context as conn:

@@ -4,7 +4,9 @@ Browsers send an ``Origin`` header with every WebSocket handshake and apply no
 CORS to it, so any page could open a socket to your server with the user's
 cookies. `OriginMiddleware` refuses handshakes whose Origin is not allowed: it
 accepts and closes them with 4003 (a close code, so that a browser client can
-tell "forbidden" from "network down"); the endpoint's code never runs.
+tell "forbidden" from "network down"); the endpoint's code never runs. The accept
+names one of the client's offered subprotocols, else browsers would fail the
+socket with 1006 before the 4003 arrives.
 
 By default only the server's own origin is allowed: the Origin's scheme, host and
 port must be the server's, as browsers define an origin. The server's scheme is the
@@ -26,6 +28,7 @@ from urllib.parse import urlsplit
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from wshub.core.codecs import PROTOCOL_SUBPROTOCOLS, refusal_subprotocol
 from wshub.core.errors import CloseCode
 
 logger = logging.getLogger("wshub.origins")
@@ -99,11 +102,19 @@ class OriginMiddleware:
         app: the wrapped app.
         allowed_origins: extra allowed origins, or ``["*"]``; the server's own origin
             is always allowed.
+        subprotocols: the subprotocols to prefer when accepting a refused handshake
+            (wshub's by default); without one of them offered, the client's first offer.
     """
 
-    def __init__(self, app: ASGIApp, allowed_origins: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        allowed_origins: Iterable[str] = (),
+        subprotocols: Iterable[str] = PROTOCOL_SUBPROTOCOLS,
+    ) -> None:
         self.app = app
         self.allowed = frozenset(o.rstrip("/").lower() for o in allowed_origins)
+        self.subprotocols = tuple(subprotocols)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "websocket":
@@ -117,7 +128,14 @@ class OriginMiddleware:
             return
         logger.info("refused WebSocket from origin %r", origin)
         await receive()  # websocket.connect
-        await send({"type": "websocket.accept"})
+        # Name one of the client's offers, or the browser fails the socket with 1006
+        # and never sees the 4003 (see `refusal_subprotocol`).
+        offered = list(scope.get("subprotocols") or [])
+        accept: dict[str, object] = {"type": "websocket.accept"}
+        subprotocol = refusal_subprotocol(offered, self.subprotocols)
+        if subprotocol is not None:
+            accept["subprotocol"] = subprotocol
+        await send(accept)
         await send(
             {"type": "websocket.close", "code": CloseCode.FORBIDDEN, "reason": "origin not allowed"}
         )

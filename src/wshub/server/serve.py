@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import logging.config
 import multiprocessing
 import os
 import signal
@@ -33,6 +35,29 @@ from wshub.settings import Settings
 DEFAULT_APP = "wshub.demo:app"
 
 logger = logging.getLogger("wshub.server")
+
+
+class PortInUse(OSError):
+    """The address `run` should listen on is taken by another process."""
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Bind ``host:port`` the way uvicorn will (SO_REUSEADDR), then let it go.
+
+    Raises:
+        PortInUse: another socket listens there; the message says which port and host.
+    """
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(exc.errno, f"port {port} is in use on {host}") from None
+            raise
 
 
 class HubServer(uvicorn.Server):
@@ -122,9 +147,13 @@ def run(app: Any = DEFAULT_APP, settings: Settings | None = None, **overrides: A
 
     Raises:
         ValueError: several workers with the in-memory broker, or with an app object.
+        PortInUse: the port is taken (checked before the app starts; not with ``fd``,
+            ``uds`` or ``sockets`` given in ``overrides``).
     """
     settings = settings or Settings()
     overrides.setdefault("log_config", logging_config(settings.log_format, settings.log_level))
+    if not {"fd", "uds"} & overrides.keys():
+        check_port_free(overrides.get("host", settings.host), overrides.get("port", settings.port))
     if settings.workers > 1:
         if settings.broker.startswith("memory"):
             raise ValueError("several workers need a shared broker, e.g. --broker redis://")
@@ -151,6 +180,19 @@ def serve_workers(app: str, settings: Settings, **overrides: Any) -> int:
         The exit code: 0 when every worker stopped cleanly.
     """
     sockets = _reuseport_sockets(settings.host, settings.port, settings.workers)
+    log_config = overrides.get("log_config")
+    if isinstance(log_config, dict):
+        logging.config.dictConfig(log_config)  # the parent's own lines, as the workers log
+    host, port = sockets[0].getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    logger.info(
+        "serving %s on http://%s:%d with %d workers (parent pid %d)",
+        app,
+        shown,
+        port,
+        settings.workers,
+        os.getpid(),
+    )
     context = multiprocessing.get_context("spawn")
 
     def start(index: int) -> BaseProcess:

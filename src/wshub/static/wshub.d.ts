@@ -120,7 +120,7 @@ export declare function backoffDelay(attempt: number, base: number, cap: number,
 /** The delay before reconnecting after the `streak`-th 4008 close in a row, in ms. */
 export declare function slowConsumerDelay(streak: number, base: number, cap: number, random?: () => number): number;
 /** What a close code asks of the client. */
-export declare function reconnectPolicy(code: number): "reauth" | "later" | "retry";
+export declare function reconnectPolicy(code: number): "stop" | "reauth" | "later" | "retry";
 /** Split a `\n`-packed text message into frames; `onError` gets lines that are not JSON. */
 export declare function splitFrames(text: string, onError?: (error: Error, line: string) => void): any[];
 /** A JWT's `exp` in ms, or undefined. */

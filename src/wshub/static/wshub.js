@@ -154,13 +154,15 @@ export function slowConsumerDelay(streak, base, cap, random = Math.random) {
 }
 
 /**
- * What to do after a close code: "reauth" (4001/4003: only with a different token),
+ * What to do after a close code: "stop" (4002: the server speaks none of the offered
+ * subprotocols; retrying cannot help), "reauth" (4001/4003: only with a different token),
  * "later" (1013/4029: the server asked for less; wait at least the base delay),
  * or "retry".
  * @param {number} code
- * @returns {"reauth" | "later" | "retry"}
+ * @returns {"stop" | "reauth" | "later" | "retry"}
  */
 export function reconnectPolicy(code) {
+  if (code === 4002) return "stop";
   if (code === 4001 || code === 4003) return "reauth";
   if (code === 1013 || code === 4029) return "later";
   return "retry";
@@ -675,6 +677,10 @@ export class Client {
       return;
     }
     const policy = reconnectPolicy(code);
+    if (policy === "stop") {
+      this._stop(code, reason);
+      return;
+    }
     if (policy === "reauth") {
       this._rejected = { token: this._token ?? null, code, reason };
       if (!this.options.getToken) {
@@ -688,7 +694,7 @@ export class Client {
   /**
    * @param {number} code
    * @param {string} reason
-   * @param {"reauth" | "later" | "retry"} policy
+   * @param {"stop" | "reauth" | "later" | "retry"} policy
    */
   _scheduleReconnect(code, reason, policy) {
     const { backoffBase, backoffCap, random } = this.options;
