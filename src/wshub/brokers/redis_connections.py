@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Any, Final
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 import redis
 import redis.sentinel
@@ -96,15 +96,7 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     Raises:
         ValueError: a malformed URL; the message never quotes a password.
     """
-    parts = urlsplit(url)
-    if parts.scheme != SENTINEL_SCHEME:
-        raise ValueError(f"not a {SENTINEL_SCHEME}:// URL (scheme {parts.scheme!r})")
-    userinfo, _, hosts = parts.netloc.rpartition("@")
-    username = password = None
-    if userinfo:
-        user, has_password, secret = userinfo.partition(":")
-        username = unquote(user) or None
-        password = unquote(secret) if has_password else None
+    parts, username, password, hosts = _split_multi_host(url, SENTINEL_SCHEME)
     sentinels = tuple(_sentinel_address(item) for item in hosts.split(","))
     service = unquote(parts.path.strip("/"))
     if not service or "/" in service:
@@ -129,6 +121,27 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
         sentinel_username=params.get("sentinel_username") or None,
         sentinel_password=params.get("sentinel_password") or None,
     )
+
+
+def _split_multi_host(url: str, scheme: str) -> tuple[SplitResult, str | None, str | None, str]:
+    """Split a ``scheme://[user:password@]host[:port][,host[:port]...]...`` URL.
+
+    Returns:
+        The split URL, the (unquoted) username and password, and the host list text.
+
+    Raises:
+        ValueError: another scheme.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != scheme:
+        raise ValueError(f"not a {scheme}:// URL (scheme {parts.scheme!r})")
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    username = password = None
+    if userinfo:
+        user, has_password, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if has_password else None
+    return parts, username, password, hosts
 
 
 def _sentinel_address(item: str, default_port: int = _SENTINEL_PORT) -> tuple[str, int]:
@@ -185,15 +198,7 @@ def parse_cluster_url(url: str) -> ClusterTarget:
     Raises:
         ValueError: a malformed URL; the message never quotes a password.
     """
-    parts = urlsplit(url)
-    if parts.scheme != CLUSTER_SCHEME:
-        raise ValueError(f"not a {CLUSTER_SCHEME}:// URL (scheme {parts.scheme!r})")
-    userinfo, _, hosts = parts.netloc.rpartition("@")
-    username = password = None
-    if userinfo:
-        user, has_password, secret = userinfo.partition(":")
-        username = unquote(user) or None
-        password = unquote(secret) if has_password else None
+    parts, username, password, hosts = _split_multi_host(url, CLUSTER_SCHEME)
     if not hosts:
         raise ValueError(f"a {CLUSTER_SCHEME}:// URL names at least one node: host:port")
     nodes = tuple(_sentinel_address(item, _REDIS_PORT) for item in hosts.split(","))
