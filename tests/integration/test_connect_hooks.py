@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import websockets
 
+from tests.redis_support import missing_tool
 from wshub import Access, Connection, Namespace, RPCError
 from wshub.client import Client, Message
 from wshub.testing import RunningServer, wait_until
@@ -256,7 +257,7 @@ async def test_wshub_js_on_node_rpc_and_hook_channel_recovery(
     """wshub.js on node: ``rpc`` results and error codes; the hook channel recovered once."""
     node = node_with_websocket()
     if node is None:
-        pytest.skip("needs node 20+ (apt-get install nodejs)")
+        missing_tool("needs node 20+ (apt-get install nodejs)")
     hub_app = hooked_hub(serve, backend)
 
     @hub_app.hub.rpc("fail")

@@ -23,6 +23,7 @@ import websockets
 from fastapi import FastAPI, WebSocket
 
 from tests.conftest import make_app
+from tests.redis_support import missing_tool
 from wshub import Hub, Namespace, mount
 from wshub.testing import RunningServer
 
@@ -216,7 +217,7 @@ async def test_json_unpacked_sends_one_frame_per_message(hub_server) -> None:
 def node_close(url: str, protocol: str, origin: str | None = None) -> dict[str, Any]:
     node = shutil.which("node")
     if node is None:
-        pytest.skip("node is not installed")
+        missing_tool("needs node 20+ (apt-get install nodejs)")
     args = [node, "--experimental-websocket", "--no-warnings", str(NODE_SCRIPT), url, protocol]
     if origin is not None:
         args.append(origin)

@@ -31,6 +31,7 @@ from websockets.asyncio.server import serve as ws_serve
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
+from tests.redis_support import missing_tool
 from wshub.client import Client, Message, Recovery
 from wshub.hub.permissions import Namespace
 from wshub.hub.recovery import PAGE_MAX_BYTES
@@ -245,7 +246,7 @@ async def test_wshub_js_on_node_recovers_100_missed_60kb_messages(
     """wshub.js (node's WebSocket) subscribes, closes, 100 x 60 kB, connects: all once, in order."""
     node = node_with_websocket()
     if node is None:
-        pytest.skip("needs node 20+ (apt-get install nodejs)")
+        missing_tool("needs node 20+ (apt-get install nodejs)")
     hub_app = serve_big(serve, backend)
     script = ROOT / "tests" / "js" / "paged_recovery.mjs"
     proc = await asyncio.create_subprocess_exec(
@@ -318,7 +319,7 @@ async def test_wshub_js_backs_off_on_repeated_4008() -> None:
     """wshub.js against the same server: a handful of attempts in 6 s, not dozens."""
     node = node_with_websocket()
     if node is None:
-        pytest.skip("needs node 20+ (apt-get install nodejs)")
+        missing_tool("needs node 20+ (apt-get install nodejs)")
     script = ROOT / "tests" / "js" / "reconnect_count.mjs"
     async with always_4008() as (url, opened):
         proc = await asyncio.create_subprocess_exec(

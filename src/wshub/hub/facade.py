@@ -9,54 +9,50 @@ together and keeps the public methods; it knows no endpoint and no token scheme.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
-from starlette.exceptions import WebSocketException
 from starlette.websockets import WebSocket
 
-from wshub.brokers import Broker, BrokerState, broker_from_url
+from wshub.brokers import Broker, BrokerState
 from wshub.brokers.history import HistoryPage
-from wshub.brokers.presence import ClientInfo, Presence
-from wshub.core.channels import BROADCAST_CHANNEL, is_valid_channel, user_channel
+from wshub.brokers.presence import ClientInfo
 from wshub.core.codecs import (
     RAW_JSON,
     Codec,
-    negotiate_subprotocol,
-    refusal_subprotocol,
-    unsupported_reason,
 )
-from wshub.core.errors import CloseCode, ErrorCode, ProtocolError
-from wshub.core.sendqueue import OverflowPolicy, SendQueue
+from wshub.core.errors import CloseCode
+from wshub.core.sendqueue import OverflowPolicy
 from wshub.core.types import (
-    MAX_IDEMPOTENCY_KEY,
     HistoryOptions,
-    Idempotency,
     Publication,
     PublishResult,
 )
+from wshub.hub.accept import authenticate, connect_context
+from wshub.hub.app_hooks import AppHooks
+from wshub.hub.config import resolve_broker, resolve_settings
 from wshub.hub.connect import ConnectContext
 from wshub.hub.connection import Connection
-from wshub.hub.connection_log import log_refused
 from wshub.hub.delivery import DISCONNECT_ORIGIN, Delivery, sendable_close_code
 from wshub.hub.gaps import GapFiller
-from wshub.hub.hooks import ConnectHooks
 from wshub.hub.hooks import F as ConnectHookT
-from wshub.hub.identity import ANONYMOUS, Authenticator, Identity, default_authenticator
+from wshub.hub.identity import Authenticator, Identity, default_authenticator
 from wshub.hub.identity import websocket_identity as websocket_identity
 from wshub.hub.lifecycle import Lifecycle
 from wshub.hub.membership import Membership
 from wshub.hub.permissions import Namespace, Permissions, PublishHook, SubscribeHook
+from wshub.hub.position_checks import PositionChecks
 from wshub.hub.presence import PresenceTracker
-from wshub.hub.publish_hooks import H, Prepared, PublishPipeline
+from wshub.hub.publish_hooks import H
+from wshub.hub.publishing import Publishing
+from wshub.hub.queries import HubQueries
 from wshub.hub.recovery import Recovery
 from wshub.hub.registry import Registry
 from wshub.hub.rpc import H as RPCHandlerT
-from wshub.hub.rpc import RPCMethod, RPCRegistry
+from wshub.hub.rpc import RPCMethod
 from wshub.hub.stats import HubStats
 from wshub.settings import Settings
 
@@ -98,19 +94,8 @@ class Hub:
         can_publish: PublishHook | None = None,
         **overrides: Any,
     ) -> None:
-        if settings is None:
-            settings = Settings(**overrides)
-        elif overrides:
-            settings = settings.model_copy(update=overrides)
-        self.settings = settings
-        if broker is None or isinstance(broker, str):
-            broker = broker_from_url(
-                broker or settings.broker,
-                prefix=settings.redis_prefix,
-                probe_interval=settings.redis_probe_interval,
-                history_max_memory=settings.history_max_memory,
-            )
-        self.broker = broker
+        self.settings = settings = resolve_settings(settings, overrides)
+        self.broker = broker = resolve_broker(broker, settings)
         self.auth = auth if auth is not None else default_authenticator(settings)
         self.permissions = Permissions(
             namespaces, can_subscribe=can_subscribe, can_publish=can_publish
@@ -132,13 +117,16 @@ class Hub:
         self.delivery.gaps, self.delivery.positions = self.gaps, self.gaps.last
         self.recovery.gaps = self.gaps
         self.membership.on_unsubscribed = self.gaps.untrack
-        self._gap_checks: asyncio.Task[None] | None = None
+        self.position_checks = PositionChecks(self.gaps)
         self.lifecycle = Lifecycle(
             settings, broker, self.registry, self.membership, self.presence_tracker, self.stats
         )
-        self.publish_pipeline = PublishPipeline(self.permissions)
-        self.rpc_registry = RPCRegistry()
-        self.connect_hooks = ConnectHooks()
+        self.app_hooks = AppHooks(self.permissions)
+        self.publish_pipeline = self.app_hooks.publish_pipeline
+        self.rpc_registry = self.app_hooks.rpc_registry
+        self.connect_hooks = self.app_hooks.connect_hooks
+        self.queries = HubQueries(self.registry, self.permissions, broker)
+        self.publishing = Publishing(settings, self.publish_pipeline, self.recovery, self.delivery)
         self.mark_dirty = self.delivery.mark_dirty
         self.on_publication: Callable[[str, Publication], None] = self.delivery.on_publication
 
@@ -149,20 +137,14 @@ class Hub:
         if self.lifecycle.started:
             return
         await self.lifecycle.start(self, [self.auth.query_param] if self.auth else [])
-        self._gap_checks = asyncio.get_running_loop().create_task(
-            self.gaps.run(self.settings.position_check_interval), name="wshub-position-checks"
-        )
+        self.position_checks.start(self.settings.position_check_interval)
         _RUNNING.add(self)
 
     async def close(self) -> None:
         """Close every connection (1001, after draining), then stop the broker. Idempotent."""
         if not self.lifecycle.started:
             return
-        checks, self._gap_checks = self._gap_checks, None
-        if checks is not None:
-            checks.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await checks
+        await self.position_checks.stop()
         await self.gaps.close()
         await self.lifecycle.close()
         _RUNNING.discard(self)
@@ -222,59 +204,13 @@ class Hub:
         queue_max_bytes: int | None = None,
         overflow_policy: OverflowPolicy | None = None,
     ) -> ConnectContext:
-        """Accept a WebSocket and manage it for the duration of an ``async with`` block.
-
-        The block gets the `Connection`. On entry the socket is accepted, registered
-        and its writer started; on exit, for any reason, it is flushed, closed and
-        removed from every registry. A handler that returns closes with 1000, one that
-        raises closes with 1011 (the exception propagates).
-
-        Args:
-            websocket: the Starlette/FastAPI WebSocket (accepted already or not).
-            identity: who the connection belongs to (from `wshub.hub.identity`); None
-                leaves it anonymous until `identify` is called.
-            user: shorthand for ``identity=Identity(user)``.
-            codec: how frames are encoded; library mode sends data as JSON text.
-            subprotocol: the subprotocol to accept with, as it is (no negotiation).
-            subprotocols: without ``subprotocol``, the subprotocols this route speaks:
-                the first one the client offers is accepted. A client that offered
-                subprotocols but none of these is accepted with its first offer (so
-                that browsers see the close code) and closed at once with 4002
-                "unsupported subprotocol". By default (none), a library-mode route
-                accepts clients that offer no subprotocol only.
-            heartbeat: send ``{"op":"ping"}`` and expect pongs (protocol endpoint).
-            reader: read the socket in a task of its own, for ``conn.iter_*()``.
-            queue_max_messages, queue_max_bytes, overflow_policy: per-connection
-                overrides of the hub's send-queue settings.
-        """
-        s = self.settings
-        queue = SendQueue(
-            s.queue_max_messages if queue_max_messages is None else queue_max_messages,
-            s.queue_max_bytes if queue_max_bytes is None else queue_max_bytes,
-            s.overflow_policy if overflow_policy is None else overflow_policy,
-        )
-        if identity is None and user is not None:
-            identity = Identity(user)
-        refusal = None
-        if subprotocol is None:
-            offered = list(websocket.scope.get("subprotocols") or [])
-            supported = tuple(subprotocols)
-            subprotocol = negotiate_subprotocol(offered, supported)
-            if subprotocol is None and offered:
-                subprotocol = refusal_subprotocol(offered)
-                refusal = unsupported_reason(supported)
-        return ConnectContext(
-            self,
-            self.lifecycle,
-            websocket,
-            identity,
-            codec,
-            subprotocol,
-            refusal,
-            heartbeat,
-            reader,
-            queue,
-        )
+        """Accept a WebSocket and manage it in an ``async with`` block (`connect_context`)."""
+        return connect_context(
+            self, self.lifecycle, self.settings, websocket, identity=identity, user=user,
+            codec=codec, subprotocol=subprotocol, subprotocols=subprotocols,
+            heartbeat=heartbeat, reader=reader, queue_max_messages=queue_max_messages,
+            queue_max_bytes=queue_max_bytes, overflow_policy=overflow_policy,
+        )  # fmt: skip
 
     async def identify(self, conn: Connection, identity: Identity) -> bool:
         """Bind an open connection to its identity (for `send_to_user`, expiry, user limits).
@@ -291,74 +227,49 @@ class Hub:
     async def authenticate(self, websocket: WebSocket) -> Identity:
         """FastAPI dependency authenticating a library-mode endpoint's handshake.
 
-        ``who: Identity = Depends(hub.authenticate)``, then ``hub.connect(ws,
-        identity=who)``. Without an authenticator every connection is anonymous;
-        with one, a missing or bad token accepts and closes with 4001 before the
-        endpoint runs (see `wshub.hub.identity.websocket_identity`).
+        ``who: Identity = Depends(hub.authenticate)``; see `wshub.hub.accept.authenticate`.
         """
-        if self.auth is None:
-            return ANONYMOUS
-        try:
-            return await websocket_identity(self.auth)(websocket)  # type: ignore[no-any-return]
-        except WebSocketException as exc:
-            # Refused before `connect`: no Connection, so the close is counted and logged here.
-            self.stats.auth_failed(exc.reason)
-            self.stats.closes[exc.code] += 1
-            log_refused(websocket, exc.code, exc.reason)
-            raise
+        return await authenticate(self.auth, self.stats, websocket)
 
     @property
     def connection_count(self) -> int:
         """Connections open in this process."""
-        return len(self.registry.connections)
+        return self.queries.connection_count
 
     @property
     def channel_count(self) -> int:
         """Channels with at least one local member."""
-        return len(self.registry.channels)
+        return self.queries.channel_count
 
     def connections(self) -> list[Connection]:
         """The connections open in this process."""
-        return list(self.registry.connections.values())
+        return self.queries.connections()
 
     def channel_counts(self) -> dict[str, int]:
         """The channels with local members, each with its number of local members."""
-        return {channel: len(members) for channel, members in self.registry.channels.items()}
+        return self.queries.channel_counts()
 
     def subscribers(self, channel: str) -> list[Connection]:
         """The local members of ``channel``."""
-        return list(self.registry.channels.get(channel, ()))
+        return self.queries.subscribers(channel)
 
     def user_connections(self, user: str) -> list[Connection]:
         """The local connections of ``user``."""
-        return list(self.registry.users.get(user, ()))
+        return self.queries.user_connections(user)
 
     # -- application logic: RPC methods, connect hooks ---------------------------------------
 
     def rpc(self, name: str | None = None) -> Callable[[RPCHandlerT], RPCHandlerT]:
-        """Decorator: ``@hub.rpc("name")`` on ``async def handler(conn, params) -> result``.
-
-        Protocol clients call it with ``{"op":"rpc","id":N,"method":"name","params":..}``.
-        A ``params`` annotated with a Pydantic model is validated into it; a model result
-        is sent as ``model_dump(mode="json")``. Raise `wshub.RPCError` to answer with
-        an error code of your own. See `wshub.hub.rpc`.
-        """
-        return self.rpc_registry.decorator(name)
+        """Decorator: ``@hub.rpc("name")`` on an RPC method (see `AppHooks.rpc`)."""
+        return self.app_hooks.rpc(name)
 
     def rpc_methods(self) -> dict[str, RPCMethod]:
-        """The RPC methods by name: each `RPCMethod` has ``.handler``, ``.params_model``,
-        ``.result_model`` (a Pydantic model class or None) and ``.summary``."""
-        return self.rpc_registry.methods()
+        """The RPC methods by name (see `AppHooks.rpc_methods`)."""
+        return self.app_hooks.rpc_methods()
 
     def on_connect(self, hook: ConnectHookT) -> ConnectHookT:
-        """Decorator: run ``async def hook(conn) -> None`` as each protocol connection opens.
-
-        After authentication, before the welcome; ``await conn.subscribe(channel)`` in it
-        subscribes the client server-side (listed in the welcome as ``subscribed``).
-        Raise `wshub.RPCError` to refuse: close 4003. Protocol endpoint only. See
-        `wshub.hub.hooks`.
-        """
-        return self.connect_hooks.add(hook)
+        """Decorator: run ``hook(conn)`` as each protocol connection opens (`AppHooks`)."""
+        return self.app_hooks.on_connect(hook)
 
     # -- subscriptions, history, presence -----------------------------------------------
 
@@ -416,31 +327,14 @@ class Hub:
         return await self.recovery.history(channel, since=since, limit=limit)
 
     async def presence(self, channel: str) -> dict[str, ClientInfo]:
-        """Who is in ``channel``, in every process, keyed by client id.
-
-        Raises:
-            ProtocolError: ``bad_request`` when the channel tracks no presence.
-            BrokerUnavailable: the broker cannot be read.
-        """
-        space = self.permissions.namespace(channel)
-        if space is None or not space.presence or not isinstance(self.broker, Presence):
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{channel!r} tracks no presence")
-        return await self.broker.presence(channel)
+        """Who is in ``channel``, in every process (see `HubQueries.presence`)."""
+        return await self.queries.presence(channel)
 
     # -- publishing ------------------------------------------------------------------------
 
     def on_publish(self, namespace: str) -> Callable[[H], H]:
-        """Decorator: run ``async def hook(conn, channel, data) -> data`` on publishes.
-
-        The hook runs for every publication to the channels of ``namespace`` (``"*"``:
-        the namespaces not listed by name), after the permissions and the namespace's
-        model, before the broker: what it returns is what history keeps and every
-        subscriber receives. ``conn`` is the publishing `Connection`, None for
-        server-side publishes (`publish`, the HTTP API). Raise `wshub.RPCError` to
-        refuse with that code. Publications from a `Publisher` (other processes,
-        straight to Redis) do not run it. See `wshub.hub.publish_hooks`.
-        """
-        return self.publish_pipeline.on_publish(namespace)
+        """Decorator: run ``hook(conn, channel, data) -> data`` on publishes (`AppHooks`)."""
+        return self.app_hooks.on_publish(namespace)
 
     async def publish(
         self,
@@ -452,66 +346,23 @@ class Hub:
     ) -> PublishResult:
         """Publish ``data`` to every member of ``channel`` in every process.
 
-        With a namespace model or ``on_publish`` hooks, ``data`` is validated and
-        passed through the hooks first (``conn`` None), and their result is published.
-
-        Args:
-            channel: the channel name.
-            data: any JSON-representable value; encoded once, here.
-            origin: the publishing connection's id, sent to subscribers as ``from``.
-            idempotency_key: 1 to 64 characters: a publish with the same key to the
-                same channel within ``idempotency_window`` seconds publishes nothing
-                and returns the first one's result (retry `PublishTimeout` with it).
-
-        Returns:
-            The broker's result (the offset, when the channel keeps history).
-
-        Raises:
-            InvalidPublication: ``data`` does not fit the namespace's model (a
-                `PublishError`; its message names the field).
-            RPCError: an ``on_publish`` hook refused the publication.
-            PublishError: JSON cannot represent ``data``.
-            ValueError: the channel name (or the idempotency key) is invalid.
-            PublishTimeout: sent to the broker, no answer in time: outcome unknown.
-            BrokerUnavailable: the broker is down; nobody received the publication.
+        Args, Returns and Raises: see `Publishing.publish` (the model and ``on_publish``
+        hooks run first; ``idempotency_key`` makes retries publish once).
         """
-        if not is_valid_channel(channel):
-            raise ValueError(f"invalid channel name {channel!r}")
-        once = None
-        if idempotency_key is not None:
-            if not isinstance(idempotency_key, str) or not (
-                0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY
-            ):
-                raise ValueError(f"idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
-            once = Idempotency(idempotency_key, self.settings.idempotency_window)
-        if type(data) is Prepared:
-            # Prepared by the protocol endpoint, in frame order: no await before the broker.
-            data = data.data
-        elif self.publish_pipeline.needed(channel):
-            data = await self.publish_pipeline.prepare(None, channel, data)
-        history = self.recovery.history_options(channel)
-        return await self.delivery.publish(channel, data, origin, history, once)
+        return await self.publishing.publish(
+            channel, data, origin=origin, idempotency_key=idempotency_key
+        )
 
     async def send_to_user(self, user: str, data: object) -> PublishResult:
-        """Send ``data`` to every connection of ``user``, in every process.
-
-        Protocol clients receive it as a message on channel ``#user:<user>``.
-        """
-        return await self.delivery.publish(user_channel(user), data, None, None)
+        """Send ``data`` to every connection of ``user`` (channel ``#user:<user>``)."""
+        return await self.publishing.send_to_user(user, data)
 
     async def broadcast(self, data: object) -> PublishResult:
         """Send ``data`` to every connection of every process (protocol channel ``#all``)."""
-        return await self.delivery.publish(BROADCAST_CHANNEL, data, None, None)
+        return await self.publishing.broadcast(data)
 
     async def disconnect_user(
         self, user: str, code: int = CloseCode.NORMAL, reason: str = ""
     ) -> None:
-        """Close every connection of ``user``, in every process sharing the broker.
-
-        Returns once the broker took the command (see `Delivery.disconnect_user`).
-
-        Raises:
-            ValueError: ``code`` is not one a server may send.
-            BrokerUnavailable: the broker is down; nothing was closed.
-        """
-        await self.delivery.disconnect_user(user_channel(user), code, reason)
+        """Close every connection of ``user``, in every process (`Publishing.disconnect_user`)."""
+        await self.publishing.disconnect_user(user, code, reason)

@@ -28,17 +28,14 @@ from starlette.websockets import WebSocket
 
 from wshub.core.codecs import (
     PROTOCOL_SUBPROTOCOLS,
-    Codec,
     codec_for_subprotocols,
     negotiate_subprotocol,
 )
 from wshub.core.errors import (
-    BrokerUnavailable,
     CloseCode,
     ErrorCode,
     ProtocolError,
     PublishError,
-    PublishTimeout,
     RPCError,
 )
 from wshub.core.limits import TokenBucket
@@ -51,18 +48,19 @@ from wshub.core.protocol import (
     welcome,
 )
 from wshub.hub.connection import Connection, ConnectionState
-from wshub.hub.connection_log import log_identified, log_refused
+from wshub.hub.connection_log import log_identified
 from wshub.hub.facade import Hub
 from wshub.hub.lifecycle import UNAUTHENTICATED
 from wshub.hub.publish_hooks import Prepared, refusal
 from wshub.hub.reader import Message
 from wshub.hub.rpc import RPCCalls
-from wshub.server.auth import ANONYMOUS, AuthError, Identity
+from wshub.server.answer import Result, answer
+from wshub.server.auth import ANONYMOUS, AuthError
+from wshub.server.handshake import Handshake
 from wshub.server.publish_lane import PublishLane
 
 logger = logging.getLogger("wshub.endpoint")
 
-Result = dict[str, Any] | None
 Handler = Callable[[Connection, Command], Awaitable[Result]]
 
 
@@ -77,6 +75,7 @@ class ProtocolEndpoint:
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
+        self.handshake = Handshake(hub)
         self._handlers: dict[Op, Handler] = {
             Op.SUBSCRIBE: self.handle_subscribe,
             Op.UNSUBSCRIBE: self.handle_unsubscribe,
@@ -97,9 +96,9 @@ class ProtocolEndpoint:
         codec = codec_for_subprotocols(offered)
         if subprotocol is not None or not offered:
             try:
-                identity = await self._handshake_identity(websocket)
+                identity = await self.handshake.identity(websocket)
             except AuthError as exc:
-                await self._refuse(websocket, subprotocol, exc.reason)
+                await self.handshake.refuse(websocket, subprotocol, exc.reason)
                 return
         else:
             identity = ANONYMOUS  # closed with 4002 on accept, by `hub.connect`
@@ -118,7 +117,7 @@ class ProtocolEndpoint:
                 return
             pending: Message | None = None
             if identity is None:
-                settled = await self._first_frame_identity(conn)
+                settled = await self.handshake.first_frame_identity(conn)
                 if settled is None:
                     return
                 identity, pending = settled
@@ -167,71 +166,6 @@ class ProtocolEndpoint:
         finally:
             await lane.close()
 
-    async def _handshake_identity(self, websocket: WebSocket) -> Identity | None:
-        """The identity the handshake settles, or None to wait for a ``connect`` frame."""
-        auth = self.hub.auth
-        if auth is None:
-            return ANONYMOUS
-        return await auth(websocket)
-
-    async def _refuse(self, websocket: WebSocket, subprotocol: str | None, reason: str) -> None:
-        # Refused before `connect`: no Connection, so the close is counted and logged here.
-        self.hub.stats.auth_failed(reason)
-        self.hub.stats.closes[CloseCode.UNAUTHORIZED] += 1
-        log_refused(websocket, CloseCode.UNAUTHORIZED, reason)
-        await websocket.accept(subprotocol=subprotocol)
-        await websocket.close(CloseCode.UNAUTHORIZED, reason)
-
-    async def _first_frame_identity(
-        self, conn: Connection
-    ) -> tuple[Identity, Message | None] | None:
-        """Wait for the first frame and authenticate it.
-
-        Returns:
-            The identity and, when the first frame was not ``connect``, that frame
-            (to be handled next); None when the connection was closed with 4001.
-        """
-        auth = self.hub.auth
-        assert auth is not None
-        try:
-            message = await asyncio.wait_for(conn.receive(), self.hub.settings.auth_timeout)
-        except TimeoutError:
-            if conn.state is not ConnectionState.OPEN:
-                return None  # closed meanwhile (to make room for newer unauthenticated ones)
-            if auth.allow_anonymous:
-                return ANONYMOUS, None
-            self._unauthorized(conn, "authentication timeout")
-            return None
-        if message["type"] == "websocket.disconnect":
-            return None
-        token, is_connect = self._connect_token(conn.codec, message)
-        if token is not None:
-            try:
-                return await auth.verify(token), None
-            except AuthError as exc:
-                self._unauthorized(conn, exc.reason)
-                return None
-        if not auth.allow_anonymous:
-            self._unauthorized(conn, "missing token" if is_connect else "expected connect")
-            return None
-        return ANONYMOUS, None if is_connect else message
-
-    @staticmethod
-    def _connect_token(codec: Codec, message: Message) -> tuple[str | None, bool]:
-        """Return the token of a ``connect`` frame and whether the frame was one."""
-        try:
-            frame = codec.decode(message.get("text"), message.get("bytes"))
-        except ProtocolError:
-            return None, False
-        if not isinstance(frame, dict) or frame.get("op") != Op.CONNECT:
-            return None, False
-        token = frame.get("token")
-        return (token if isinstance(token, str) and token else None), True
-
-    def _unauthorized(self, conn: Connection, reason: str) -> None:
-        self.hub.stats.auth_failed(reason)
-        conn.close(CloseCode.UNAUTHORIZED, reason, drain=False)
-
     async def handle(
         self,
         conn: Connection,
@@ -260,11 +194,9 @@ class ProtocolEndpoint:
         if lane is None or command.op is not Op.PUBLISH:
             if lane is not None and lane:
                 await lane.drain()
-            await self._answer(conn, command, self._handlers[command.op](conn, command))
-        elif await self._answer(
-            conn, command, self._check_publish(conn, command), send_result=False
-        ):
-            await lane.start(self._answer(conn, command, self._publish(conn, command)))
+            await answer(conn, command, self._handlers[command.op](conn, command))
+        elif await answer(conn, command, self._check_publish(conn, command), send_result=False):
+            await lane.start(answer(conn, command, self._publish(conn, command)))
 
     def _start_rpc(self, conn: Connection, command: Command, calls: RPCCalls) -> None:
         """Start an ``rpc`` in its own task; past ``max_rpc_in_flight``, refuse it."""
@@ -272,60 +204,7 @@ class ProtocolEndpoint:
             message = f"too many rpc calls in flight (max_rpc_in_flight={calls.limit})"
             conn.send(error_reply(command.id, ErrorCode.RATE_LIMITED, message))
             return
-        calls.start(lambda: self._answer(conn, command, self.handle_rpc(conn, command)))
-
-    async def _answer(
-        self, conn: Connection, command: Command, run: Awaitable[Result], send_result: bool = True
-    ) -> bool:
-        """Await ``run`` and send its result (or the error it raised) to the client.
-
-        Returns:
-            Whether ``run`` succeeded.
-        """
-        request_id = command.id
-        try:
-            result = await run
-        except ProtocolError as exc:
-            # Errors raised past parsing (hub limits, permissions) do not know the id.
-            error_id = request_id if exc.request_id is None else exc.request_id
-            conn.send(error_reply(error_id, exc.code, exc.message))
-            return False
-        except RPCError as exc:  # an RPC handler refused, with a code of its own
-            conn.send(error_reply(request_id, exc.code, exc.message))
-            return False
-        except PublishTimeout as exc:  # a BrokerUnavailable, but maybe published
-            conn.send(error_reply(request_id, ErrorCode.TIMEOUT, str(exc) or "no answer"))
-            return False
-        except BrokerUnavailable as exc:
-            conn.send(error_reply(request_id, ErrorCode.UNAVAILABLE, str(exc) or "broker down"))
-            return False
-        except Exception:
-            # The op and channel give the context; the frame itself may carry a token.
-            op, channel = command.op.value, command.channel
-            if command.op is Op.RPC:
-                method = command.method
-                logger.exception(
-                    "connection %s (user %s): internal error in rpc %r",
-                    conn.id,
-                    conn.user,
-                    method,
-                    extra={"connection": conn.id, "user": conn.user, "op": op, "method": method},
-                )
-                conn.send(error_reply(request_id, ErrorCode.INTERNAL, "internal error"))
-                return False
-            logger.exception(
-                "connection %s (user %s): internal error in %s on channel %s",
-                conn.id,
-                conn.user,
-                op,
-                channel,
-                extra={"connection": conn.id, "user": conn.user, "op": op, "channel": channel},
-            )
-            conn.send(error_reply(request_id, ErrorCode.INTERNAL, "internal error"))
-            return False
-        if send_result and request_id is not None and result is not None:
-            conn.send(reply(request_id, result))
-        return True
+        calls.start(lambda: answer(conn, command, self.handle_rpc(conn, command)))
 
     async def handle_subscribe(self, conn: Connection, command: Command) -> Result:
         """``subscribe``: join a channel; with ``since``, recover what was missed.
