@@ -169,10 +169,7 @@ class RedisBroker(Broker, History, Presence):
 
     @property
     def reconnects(self) -> int:
-        """How many times the subscriber connection came back after an outage.
-
-        A Redis that was down at start counts as an outage.
-        """
+        """Times the subscriber connection came back after an outage (or a Redis down at start)."""
         return self._session.reconnects
 
     @property
@@ -203,10 +200,8 @@ class RedisBroker(Broker, History, Presence):
     # -- the Broker interface -------------------------------------------------------
 
     async def start(self, events: BrokerEvents) -> None:
-        """Start connecting; return once the first attempt succeeded or failed.
-
-        Args:
-            events: the receiver of publications and state changes.
+        """Start connecting (``events`` receives publications and state changes); return
+        once the first attempt succeeded or failed.
 
         Raises:
             RuntimeError: the broker was started or closed before.
@@ -232,20 +227,12 @@ class RedisBroker(Broker, History, Presence):
             await close_client(client)
 
     async def subscribe(self, channels: Sequence[str]) -> None:
-        """Add ``channels`` to the desired set; while connected, wait until Redis confirms.
-
-        Args:
-            channels: channel names without the prefix.
-        """
+        """Add ``channels`` to the desired set; while connected, wait until Redis confirms."""
         self._subs.desired.update(channels)
         await wait_batch(self._subs.request(channels))
 
     async def unsubscribe(self, channels: Sequence[str]) -> None:
-        """Remove ``channels`` from the desired set; while connected, wait until Redis confirms.
-
-        Args:
-            channels: channel names without the prefix.
-        """
+        """Remove ``channels`` from the desired set; while connected, wait until Redis confirms."""
         self._subs.desired.difference_update(channels)
         self._session.forget_warnings(channels)
         await wait_batch(self._subs.request(channels))
@@ -262,21 +249,10 @@ class RedisBroker(Broker, History, Presence):
     ) -> PublishResult:
         """Publish ``data`` on ``prefix + channel``: plain JSON, or an envelope with metadata.
 
-        With ``history`` (and no ``event``), the history script assigns the offset,
-        keeps the publication and publishes it in one atomic step.
-
-        Args:
-            channel: the channel name without the prefix.
-            data: the payload, a JSON text; handed on unchanged.
-            origin: the publishing client's id, carried to subscribers as ``from``.
-            history: keep the publication in the channel's history.
-            event: ``"join"``/``"leave"`` for a presence change; never kept in history.
-            idempotency: publish only if its key was not seen on ``channel`` within its
-                window, checked atomically in the same script (see `RedisHistory`).
-
-        Returns:
-            The offset and epoch when kept in history, else an empty result. For a
-            duplicate key: the first publish's offset and epoch.
+        Arguments and result: those of `Broker.publish`. With ``history`` (and no
+        ``event``), the history script assigns the offset, keeps the publication and
+        publishes it in one atomic step; an ``idempotency`` key is checked atomically in
+        the same script (see `RedisHistory`).
 
         Raises:
             PublishTimeout: written to Redis, but no reply within ``timeout``: it may
@@ -323,16 +299,8 @@ class RedisBroker(Broker, History, Presence):
         every publication up to the page's position has reached ``on_publication``:
         one echo through the probe channel (see `LivenessProbe.echo`) after the read.
 
-        Args:
-            channel: the channel name without the prefix.
-            since: return those after this offset, oldest first; None: the newest.
-            limit: at most this many; None for all kept, 0 for the position only.
-            options: the channel's history options: a missing history is created
-                (offset 0, a new epoch) in the same script.
-
-        Returns:
-            The page; without ``options``, a channel without history is at
-            `wshub.history.NO_HISTORY`.
+        With ``options``, a missing history is created (offset 0, a new epoch) in the
+        same script; without, a channel without history is at `NO_HISTORY`.
 
         Raises:
             BrokerUnavailable: not connected (at once), or Redis failed the read.
@@ -350,12 +318,7 @@ class RedisBroker(Broker, History, Presence):
         return page
 
     async def presence_add(self, channel: str, entries: list[ClientInfo], ttl: float) -> None:
-        """Add or refresh entries of ``channel`` that expire after ``ttl`` seconds.
-
-        Args:
-            channel: the channel name without the prefix.
-            entries: the entries, written in one round trip.
-            ttl: seconds until they expire unless added again.
+        """Add or refresh entries of ``channel`` in one round trip (see `Presence`).
 
         Raises:
             BrokerUnavailable: not connected (at once), or Redis failed the write.
@@ -366,15 +329,11 @@ class RedisBroker(Broker, History, Presence):
         )
 
     async def presence_remove(self, channel: str, clients: list[str]) -> None:
-        """Remove entries of ``channel`` (missing ones are ignored).
-
-        Args:
-            channel: the channel name without the prefix.
-            clients: the client ids whose entries go.
+        """Remove entries of ``channel`` (see `Presence.presence_remove`).
 
         Raises:
-            BrokerUnavailable: not connected (at once), or Redis failed the write; the
-                entries then expire by themselves.
+            BrokerUnavailable: not connected (at once), or Redis failed the write (the
+                entries then expire by themselves).
         """
         await self._command(
             f"remove presence in {channel!r}",
@@ -382,13 +341,7 @@ class RedisBroker(Broker, History, Presence):
         )
 
     async def presence(self, channel: str) -> dict[str, ClientInfo]:
-        """Return the live entries of ``channel``, from every process, keyed by client id.
-
-        Args:
-            channel: the channel name without the prefix.
-
-        Returns:
-            The entries whose expiry has not passed (expired ones are deleted).
+        """The live entries of ``channel``, from every process (expired ones are deleted).
 
         Raises:
             BrokerUnavailable: not connected (at once), or Redis failed the read.
@@ -411,14 +364,8 @@ class RedisBroker(Broker, History, Presence):
             raise RedisTimeoutError("the subscriber connection did not catch up") from exc
 
     async def _command(self, action: str, call: Callable[[Redis], Awaitable[_T]]) -> _T:
-        """Run one call on the connection pool, turning every failure into BrokerUnavailable.
-
-        Args:
-            action: what the call does, for the error message ("publish to 'chat'").
-            call: the call, given the pool.
-
-        Returns:
-            What the call returned.
+        """Run ``call`` on the connection pool, turning every failure into BrokerUnavailable;
+        ``action`` says what the call does, for the error message ("publish to 'chat'").
 
         Raises:
             PublishTimeout: a publish was written but not answered (`OutcomeUnknown`).

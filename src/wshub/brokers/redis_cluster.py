@@ -32,12 +32,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final, TypeVar
-
-from redis.crc import key_slot
-from redis.exceptions import AskError, MovedError, RedisError, TryAgainError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from typing import Any, TypeVar
 
 from wshub.brokers.base import (
     Broker,
@@ -49,149 +44,19 @@ from wshub.brokers.base import (
 )
 from wshub.brokers.history import History, HistoryPage
 from wshub.brokers.presence import ClientInfo, Presence
-from wshub.brokers.redis_cluster_session import (
-    Address,
-    ShardEvents,
-    ShardProbe,
-    ShardSession,
-    ShardSubscriptions,
-    SlotMap,
-    cluster_name,
-    fetch_slot_map,
-    owner_table,
-)
-from wshub.brokers.redis_connections import (
-    check_cluster_url,
-    node_client,
-    parse_cluster_url,
-)
-from wshub.brokers.redis_history import (
-    META_INFIX,
-    STREAM_INFIX,
-    RedisHistory,
-    publish_once_command,
-)
-from wshub.brokers.redis_pipeline import OutcomeUnknown, PublishPipeline
-from wshub.brokers.redis_presence import ENTRIES_INFIX, EXPIRIES_INFIX, RedisPresence
-from wshub.brokers.redis_scripts import PUBLISH_ONCE, PUBLISH_WITH_HISTORY, LuaScript
-from wshub.brokers.redis_subscriptions import stop_tasks, wait_batch
+from wshub.brokers.redis_cluster_session import cluster_name
+from wshub.brokers.redis_cluster_shard import Shard
+from wshub.brokers.redis_cluster_stores import ClusterHistory, ClusterPresence
+from wshub.brokers.redis_cluster_topology import ClusterTopology
+from wshub.brokers.redis_connections import check_cluster_url, parse_cluster_url
+from wshub.brokers.redis_subscriptions import stop_tasks
 from wshub.brokers.redis_wire import encode_payload
-from wshub.core.errors import BrokerUnavailable, PublishTimeout
 
 __all__ = ["ClusterHistory", "ClusterPresence", "RedisClusterBroker", "cluster_name"]
 
 logger = logging.getLogger("wshub.brokers.redis")
 
 _T = TypeVar("_T")
-
-_PUBLISH_CALL: Final = "redis.call('PUBLISH', "
-
-
-def _sharded(name: str, source: str) -> LuaScript:
-    """A publish script of `redis_scripts`, publishing with SPUBLISH (the slot's channel).
-
-    Derived from the plain engine's script, so that both always do the same thing.
-    """
-    if source.count(_PUBLISH_CALL) != 1:
-        raise RuntimeError(
-            f"redis_scripts.{name} must PUBLISH exactly once (as {_PUBLISH_CALL}...) "
-            "for the cluster engine to make it SPUBLISH"
-        )
-    return LuaScript(source.replace(_PUBLISH_CALL, "redis.call('SPUBLISH', "))
-
-
-_cluster_publish_script = _sharded("PUBLISH_WITH_HISTORY", PUBLISH_WITH_HISTORY)
-_cluster_once_script = _sharded("PUBLISH_ONCE", PUBLISH_ONCE)
-_plain_once_sha = LuaScript(PUBLISH_ONCE).sha
-
-
-class ClusterHistory(RedisHistory):
-    """`RedisHistory` with hash-tagged keys and the sharded channel: one slot per channel."""
-
-    publish_script = _cluster_publish_script
-    SCRIPTS = {
-        _cluster_publish_script.sha: _cluster_publish_script.source,
-        _cluster_once_script.sha: _cluster_once_script.source,
-    }
-
-    def keys(self, channel: str) -> list[str]:
-        """``<prefix>history-meta:{c}``, ``<prefix>history:{c}``."""
-        tag = f"{{{channel}}}"
-        return [self._prefix + META_INFIX + tag, self._prefix + STREAM_INFIX + tag]
-
-    def pubsub_channel(self, channel: str) -> str:
-        """``<prefix>{c}``: SPUBLISH in a script must stay in the keys' slot."""
-        return cluster_name(self._prefix, channel)
-
-    def publish_once_command(
-        self, channel: str, payload: bytes, idempotency: Idempotency
-    ) -> tuple[bytes | str | int, ...]:
-        """`publish_once_command`, SPUBLISHing on the sharded channel."""
-        plain = list(publish_once_command(self._prefix, channel, payload, idempotency))
-        plain_name = self._prefix + channel
-        if plain[1] != _plain_once_sha or plain.count(plain_name) != 1:
-            raise RuntimeError("publish_once_command changed shape: update ClusterHistory")
-        plain[1] = _cluster_once_script.sha
-        plain[plain.index(plain_name)] = self.pubsub_channel(channel)
-        return tuple(plain)
-
-
-class ClusterPresence(RedisPresence):
-    """`RedisPresence` with hash-tagged keys: ``<prefix>presence:{c}``, ``...-expiry:{c}``."""
-
-    def keys(self, channel: str) -> list[str]:
-        """The entries hash and the expiry set of ``channel``, in its slot."""
-        tag = f"{{{channel}}}"
-        return [self._prefix + ENTRIES_INFIX + tag, self._prefix + EXPIRIES_INFIX + tag]
-
-
-class _Shard:
-    """One master: its pool, its publish pipeline, its subscriber session and probe."""
-
-    def __init__(
-        self,
-        broker: RedisClusterBroker,
-        address: Address,
-        spans: tuple[tuple[int, int], ...],
-    ) -> None:
-        self.address = address
-        self.spans = spans
-        host, port = address
-        options = broker._options
-        self.client = node_client(
-            broker._target,
-            host,
-            port,
-            timeout=options["timeout"],
-            max_connections=broker._max_connections,
-        )
-        self.pipeline = PublishPipeline(self.client, ClusterHistory.SCRIPTS)
-
-        def owns(slot: int) -> bool:
-            return any(first <= slot <= last for first, last in spans)
-
-        self.probe = ShardProbe(
-            broker._prefix,
-            owns,
-            interval=broker._probe_interval,
-            timeout=broker._probe_timeout,
-        )
-        self.subs = ShardSubscriptions(broker._prefix, self.probe.channel)
-        self.session = ShardSession(
-            broker._target,
-            address,
-            on_lost=broker._request_refresh,
-            where=f"cluster node {host}:{port}",
-            prefix=broker._prefix,
-            subscriptions=self.subs,
-            probe=self.probe,
-            **options,
-        )
-
-    async def close(self) -> None:
-        await self.session.close()
-        await self.pipeline.close()
-        await self.client.aclose()
 
 
 class RedisClusterBroker(Broker, History, Presence):
@@ -239,27 +104,23 @@ class RedisClusterBroker(Broker, History, Presence):
         self._where = self._target.location
         self._prefix = prefix
         self._timeout = timeout
-        self._probe_interval = probe_interval
-        self._probe_timeout = probe_timeout if probe_timeout is not None else timeout
-        self._max_connections = max_connections
-        self._reconnect_base = reconnect_base
-        self._reconnect_cap = reconnect_cap
-        self._options: dict[str, Any] = {
-            "timeout": timeout,
-            "reconnect_base": reconnect_base,
-            "reconnect_cap": reconnect_cap,
-        }
         self._desired: set[str] = set()
-        self._shards: dict[Address, _Shard] = {}
-        self._owners: list[_Shard | None] = []
-        self._slot_map: SlotMap = {}
         self._events: BrokerEvents | None = None
         self._supervisor: asyncio.Task[None] | None = None
-        self._refresh_due = asyncio.Event()
-        self._settled = asyncio.Event()
-        self._map_failing = False
-        self._retired = {"reconnects": 0, "probe_failures": 0, "invalid_payloads": 0}
         self._state = BrokerState.CONNECTING
+        self._topology = ClusterTopology(
+            self._target,
+            prefix=prefix,
+            desired=self._desired,
+            on_change=self._recompute_state,
+            on_down=lambda: self._state_if_open(BrokerState.DISCONNECTED),
+            probe_interval=probe_interval,
+            probe_timeout=probe_timeout if probe_timeout is not None else timeout,
+            reconnect_base=reconnect_base,
+            reconnect_cap=reconnect_cap,
+            timeout=timeout,
+            max_connections=max_connections,
+        )
         self._history_store = ClusterHistory(prefix)
         self._presence_store = ClusterPresence(prefix)
 
@@ -277,22 +138,22 @@ class RedisClusterBroker(Broker, History, Presence):
     @property
     def reconnects(self) -> int:
         """How many times a shard's subscriber connection came back after an outage."""
-        return self._retired["reconnects"] + sum(
-            s.session.reconnects for s in self._shards.values()
+        return self._topology.retired["reconnects"] + sum(
+            s.session.reconnects for s in self._topology.shards.values()
         )
 
     @property
     def probe_failures(self) -> int:
         """Liveness probes (of any shard) that got no echo in time."""
-        return self._retired["probe_failures"] + sum(
-            s.probe.failures for s in self._shards.values()
+        return self._topology.retired["probe_failures"] + sum(
+            s.probe.failures for s in self._topology.shards.values()
         )
 
     @property
     def invalid_payloads(self) -> int:
         """Received payloads dropped for being neither JSON nor an envelope."""
-        return self._retired["invalid_payloads"] + sum(
-            s.session.invalid_payloads for s in self._shards.values()
+        return self._topology.retired["invalid_payloads"] + sum(
+            s.session.invalid_payloads for s in self._topology.shards.values()
         )
 
     @property
@@ -308,7 +169,7 @@ class RedisClusterBroker(Broker, History, Presence):
     @property
     def probe_channels(self) -> dict[str, str]:
         """Each master's (``host:port``) probe channel, as named in Redis."""
-        return {f"{h}:{p}": s.probe.channel for (h, p), s in self._shards.items()}
+        return {f"{h}:{p}": s.probe.channel for (h, p), s in self._topology.shards.items()}
 
     def shard_of(self, channel: str) -> str | None:
         """The master (``host:port``) that carries ``channel`` now, if the map names one."""
@@ -318,10 +179,10 @@ class RedisClusterBroker(Broker, History, Presence):
     def _recompute_state(self) -> None:
         if self._state is BrokerState.CLOSED:
             return
-        shards = list(self._shards.values())
+        shards = list(self._topology.shards.values())
         if shards and all(s.session.state is BrokerState.CONNECTED for s in shards):
             state = BrokerState.CONNECTED
-        elif not self._settled.is_set():
+        elif not self._topology.settled.is_set():
             state = BrokerState.CONNECTING
         else:
             state = BrokerState.DISCONNECTED
@@ -346,10 +207,12 @@ class RedisClusterBroker(Broker, History, Presence):
         if self._supervisor is not None or self._state is BrokerState.CLOSED:
             raise RuntimeError("RedisClusterBroker.start() may be called once")
         self._events = events
-        self._supervisor = asyncio.create_task(self._supervise(), name="wshub-redis-cluster")
+        self._supervisor = asyncio.create_task(
+            self._topology.supervise(events), name="wshub-redis-cluster"
+        )
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(4 * self._timeout + 2):
-                await self._settled.wait()
+                await self._topology.settled.wait()
 
     async def close(self) -> None:
         """Stop supervising, close every shard's connections. Idempotent."""
@@ -358,9 +221,7 @@ class RedisClusterBroker(Broker, History, Presence):
         self._state = BrokerState.CLOSED
         supervisor, self._supervisor = self._supervisor, None
         await stop_tasks(supervisor)
-        shards, self._shards = list(self._shards.values()), {}
-        self._owners = []
-        await asyncio.gather(*(s.close() for s in shards), return_exceptions=True)
+        await self._topology.close()
         self._events = None
 
     async def subscribe(self, channels: Sequence[str]) -> None:
@@ -368,30 +229,14 @@ class RedisClusterBroker(Broker, History, Presence):
         confirm (one batch per master, sent side by side).
         """
         self._desired.update(channels)
-        await self._request(channels, add=True)
+        await self._topology.request(channels, add=True)
 
     async def unsubscribe(self, channels: Sequence[str]) -> None:
         """Remove ``channels`` from the desired set; wait until their masters confirm."""
         self._desired.difference_update(channels)
-        for shard in self._shards.values():
+        for shard in self._topology.shards.values():
             shard.session.forget_warnings(channels)
-        await self._request(channels, add=False)
-
-    async def _request(self, channels: Sequence[str], *, add: bool) -> None:
-        groups: dict[Address, list[str]] = {}
-        for channel in channels:
-            shard = self._owner(channel)
-            if shard is not None:
-                groups.setdefault(shard.address, []).append(channel)
-        batches = []
-        for address, group in groups.items():
-            shard = self._shards[address]
-            if add:
-                shard.subs.desired.update(group)
-            else:
-                shard.subs.desired.difference_update(group)
-            batches.append(wait_batch(shard.subs.request(group)))
-        await asyncio.gather(*batches)
+        await self._topology.request(channels, add=False)
 
     async def publish(
         self,
@@ -424,7 +269,7 @@ class RedisClusterBroker(Broker, History, Presence):
             else:
                 command = ("SPUBLISH", cluster_name(self._prefix, channel), payload)
 
-        def submit(shard: _Shard) -> Awaitable[Any]:
+        def submit(shard: Shard) -> Awaitable[Any]:
             return shard.pipeline.submit(*command)  # before any await: order kept
 
         reply = await self._command(f"publish to {channel!r}", channel, submit)
@@ -479,92 +324,17 @@ class RedisClusterBroker(Broker, History, Presence):
             lambda shard: self._presence_store.read(shard.client, channel),
         )
 
-    async def _catch_up(self, shard: _Shard) -> None:
-        try:
-            await shard.probe.echo(shard.client, self._timeout)
-        except TimeoutError as exc:
-            raise RedisTimeoutError("the subscriber connection did not catch up") from exc
+    async def _catch_up(self, shard: Shard) -> None:
+        await self._topology.catch_up(shard)
 
-    def _owner(self, channel: str) -> _Shard | None:
-        if not self._owners:
-            return None
-        return self._owners[key_slot(cluster_name(self._prefix, channel).encode())]
+    def _owner(self, channel: str) -> Shard | None:
+        return self._topology.owner(channel)
 
     async def _command(
-        self, action: str, channel: str, call: Callable[[_Shard], Awaitable[_T]]
+        self, action: str, channel: str, call: Callable[[Shard], Awaitable[_T]]
     ) -> _T:
-        """Run ``call`` on the master owning ``channel``; every failure is BrokerUnavailable."""
-        shard = self._owner(channel)
-        if shard is None or shard.session.state is not BrokerState.CONNECTED:
-            state = self._state if shard is None else shard.session.state
-            where = self._where if shard is None else f"{shard.address[0]}:{shard.address[1]}"
-            raise BrokerUnavailable(
-                f"cannot {action}: Redis Cluster broker at {where} is {state.value}"
-            )
-        try:
-            return await call(shard)
-        except OutcomeUnknown as exc:
-            shard.probe.request()
-            self._request_refresh()
-            raise PublishTimeout(
-                f"could not {action} through Redis Cluster node "
-                f"{shard.address[0]}:{shard.address[1]}: sent, but {exc}; "
-                "it may have been published"
-            ) from exc
-        except RedisError as exc:
-            if isinstance(exc, MovedError | AskError | TryAgainError):
-                self._request_refresh()
-            elif isinstance(exc, RedisConnectionError | RedisTimeoutError):
-                shard.probe.request()
-                self._request_refresh()
-            raise BrokerUnavailable(
-                f"could not {action} through Redis Cluster node "
-                f"{shard.address[0]}:{shard.address[1]}: {exc}"
-            ) from exc
-
-    # -- the slot map -------------------------------------------------------------------
-
-    def _request_refresh(self) -> None:
-        self._refresh_due.set()
-
-    async def _supervise(self) -> None:
-        """Keep the slot map current: at start, every probe interval, and when asked."""
-        attempt = 0
-        while True:
-            self._refresh_due.clear()
-            try:
-                await self._refresh()
-                attempt = 0
-                if self._map_failing:
-                    logger.info("Redis Cluster broker: %s answers again", self._where)
-                self._map_failing = False
-                wait = self._probe_interval
-            except Exception as exc:
-                attempt += 1
-                self._on_map_failure(exc)
-                bound = min(self._reconnect_cap, self._reconnect_base * 2 ** min(attempt, 30))
-                wait = bound
-            if not self._settled.is_set():
-                self._settled.set()
-                self._recompute_state()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await self._refresh_due.wait()
-            # A burst of lost sessions asks many times: refresh once, a moment later.
-            await asyncio.sleep(min(0.05, self._reconnect_base))
-
-    def _on_map_failure(self, exc: Exception) -> None:
-        if self._map_failing:
-            logger.debug("Redis Cluster broker: reading the slot map failed: %s", exc)
-        else:
-            logger.warning(
-                "Redis Cluster broker: no node of %s gave the slot map (%s); retrying",
-                self._where,
-                exc,
-            )
-        self._map_failing = True
-        if not self._shards:
-            self._state_if_open(BrokerState.DISCONNECTED)
+        """Run ``call`` on the master owning ``channel`` (`ClusterTopology.command`)."""
+        return await self._topology.command(action, channel, call, self._state)
 
     def _state_if_open(self, state: BrokerState) -> None:
         if self._state is BrokerState.CLOSED or self._state is state:
@@ -573,45 +343,3 @@ class RedisClusterBroker(Broker, History, Presence):
         if self._events is not None:
             with contextlib.suppress(Exception):
                 self._events.on_state(state)
-
-    async def _refresh(self) -> None:
-        clients = [s.client for s in self._shards.values()]
-        slot_map = await fetch_slot_map(self._target, clients, connect_timeout=self._timeout)
-        if slot_map != self._slot_map:
-            await self._reconcile(slot_map)
-
-    async def _reconcile(self, slot_map: SlotMap) -> None:
-        """Adopt a new slot map: new sessions for masters whose address or slots changed."""
-        old = self._shards
-        keep = {a: s for a, s in old.items() if slot_map.get(a) == s.spans}
-        retired = [s for a, s in old.items() if a not in keep]
-        if self._slot_map:
-            logger.info(
-                "Redis Cluster broker: the slot map of %s changed; %d shard(s) of %d start over",
-                self._where,
-                len(slot_map) - len(keep),
-                len(slot_map),
-            )
-        assert self._events is not None
-        new = {a: _Shard(self, a, spans) for a, spans in slot_map.items() if a not in keep}
-        self._shards = {**keep, **new}
-        self._slot_map = slot_map
-        table = owner_table(slot_map)
-        self._owners = [None if a is None else self._shards[a] for a in table]
-        for channel in self._desired:
-            shard = self._owner(channel)
-            if shard is not None and shard.address in new:
-                shard.subs.desired.add(channel)
-        for shard in retired:
-            self._retired["reconnects"] += shard.session.reconnects
-            self._retired["probe_failures"] += shard.probe.failures
-            self._retired["invalid_payloads"] += shard.session.invalid_payloads
-        await asyncio.gather(*(s.close() for s in retired), return_exceptions=True)
-        events = self._events
-        await asyncio.gather(
-            *(
-                s.session.start(ShardEvents(events, self._recompute_state), s.client)
-                for s in new.values()
-            )
-        )
-        self._recompute_state()

@@ -28,17 +28,17 @@ tests and the benchmark::
 Callbacks run in the reader task: keep them quick and never block in them.
 
 `Client` is the facade; the parts it is made of live next to it: `models` (what
-applications receive), `frames` (parsing, reply matching), `subscriptions` (positions,
-recovery, dedupe), `connection` (one connection) and `reconnect` (backoff, token policy).
+applications receive), `frames` (parsing, reply matching), `subscriptions` (the channel
+registry), `positions` (dedupe), `recovery` (history reads, paginated recovery),
+`publishing` (retries, idempotency keys), `token_refresh`, `connection` (one
+connection) and `reconnect` (backoff, token policy).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection
@@ -59,13 +59,17 @@ from wshub.client.models import (
     TokenSource,
     run_callback,
 )
+from wshub.client.publishing import publish
 from wshub.client.reconnect import Policy, ReconnectLoop, backoff_delay, reconnect_policy
-from wshub.client.subscriptions import ChannelPositions, ChannelRegistry, Subscription
+from wshub.client.recovery import read_history
+from wshub.client.subscriptions import (
+    ChannelPositions,
+    ChannelRegistry,
+    Subscription,
+    wait_subscribed,
+)
 from wshub.client.tasks import BackgroundTasks
-
-#: Publish errors `Client.publish` retries with ``retry=True``: the outcome is unknown
-#: (``timeout``, ``disconnected``) or it was not published (``unavailable``).
-_RETRIED = frozenset({"timeout", "unavailable", "disconnected"})
+from wshub.client.token_refresh import TokenRefresher
 
 logger = logging.getLogger("wshub.client")
 
@@ -171,6 +175,9 @@ class Client:
             stop=self._stop,
             report=self._report,
         )
+        self._refresher = TokenRefresher(
+            self, reconnect=self._reconnect, tasks=self._tasks, report=self._report
+        )
 
     # -- life --------------------------------------------------------------------------
 
@@ -242,11 +249,7 @@ class Client:
         sub = Subscription(self, channel, on_message, on_join, on_leave, on_recover)
         await self._channels.add(sub, since, epoch)
         if self._reconnect.wanted:
-            try:
-                await asyncio.wait_for(asyncio.shield(sub.ready), self.request_timeout)
-            except TimeoutError:
-                await sub.unsubscribe()
-                raise ClientError("timeout", f"no subscribe reply for {channel!r}") from None
+            await wait_subscribed(sub, self.request_timeout)
         return sub
 
     async def publish(
@@ -274,25 +277,14 @@ class Client:
                 published; ``unavailable``: certainly not published), or the last one
                 when retrying gave up.
         """
-        frame: dict[str, Any] = {"op": "publish", "channel": channel, "data": data}
-        if retry and idempotency_key is None:
-            idempotency_key = uuid.uuid4().hex
-        if idempotency_key is not None:
-            frame["idempotency_key"] = idempotency_key
-        deadline = time.monotonic() + retry_for
-        attempt = 0
-        while True:
-            try:
-                result = await self.request(frame)
-                break
-            except ClientError as exc:
-                if not retry or exc.code not in _RETRIED or time.monotonic() >= deadline:
-                    raise
-            delay = backoff_delay(attempt, self.backoff_base, self.backoff_cap)
-            attempt += 1
-            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        offset = result.get("offset")
-        return offset if isinstance(offset, int) else None
+        return await publish(
+            self,
+            channel,
+            data,
+            idempotency_key=idempotency_key,
+            retry=retry,
+            retry_for=retry_for,
+        )
 
     async def presence(self, channel: str) -> dict[str, dict[str, Any]]:
         """Who is in ``channel``: ``{client_id: {"user": ..., "info": ...}}``."""
@@ -305,26 +297,11 @@ class Client:
         self, channel: str, *, since: int | None = None, limit: int | None = None
     ) -> HistoryPage:
         """Read ``channel``'s kept messages (after ``since``; at most ``limit``)."""
-        frame: dict[str, Any] = {"op": "history", "channel": channel}
-        if since is not None:
-            frame["since"] = since
-        if limit is not None:
-            frame["limit"] = limit
-        result = await self.request(frame)
-        self.positions.learn_epoch(channel, result)
-        messages = [Message.from_frame(item) for item in result["messages"]]
-        return HistoryPage(result["offset"], result["epoch"], messages)
+        return await read_history(self.request, self.positions, channel, since, limit)
 
     async def refresh(self, token: str | None = None) -> float | None:
         """Hand the server a new token (by default from ``get_token``); returns its expiry."""
-        fresh = token if token is not None else await self._reconnect.resolve_token()
-        if not fresh:
-            raise ClientError("unauthorized", "no token to refresh with")
-        result = await self.request({"op": "refresh", "token": fresh})
-        self._reconnect.current_token = fresh
-        expires = result.get("expires")
-        self._schedule_refresh(float(expires) if isinstance(expires, int | float) else None)
-        return expires if isinstance(expires, int | float) else None
+        return await self._refresher.refresh(token)
 
     async def rpc(
         self,
@@ -350,10 +327,7 @@ class Client:
         frame: dict[str, Any] = {"op": "rpc", "method": method}
         if params is not None:
             frame["params"] = params
-        try:
-            ws = await asyncio.wait_for(self._wait_connected(), self.request_timeout)
-        except TimeoutError:
-            raise ClientError("timeout", f"not connected within {self.request_timeout} s") from None
+        ws = await _connected_within(self._wait_connected, self.request_timeout)
         return await self._requests.call(ws, frame, timeout)
 
     async def request(
@@ -367,10 +341,7 @@ class Client:
             ClientError: the server's error, ``timeout``, ``disconnected`` (the connection
                 dropped before the reply) or ``closed``.
         """
-        try:
-            ws = await asyncio.wait_for(self._wait_connected(), self.request_timeout)
-        except TimeoutError:
-            raise ClientError("timeout", f"not connected within {self.request_timeout} s") from None
+        ws = await _connected_within(self._wait_connected, self.request_timeout)
         return await self._requests.send(ws, frame, on_result)
 
     # -- internals -----------------------------------------------------------------------
@@ -384,7 +355,7 @@ class Client:
     async def _ready(self, ws: ClientConnection) -> None:
         await self._channels.resubscribe(ws)
         self._set_state(StateChange(ClientState.CONNECTED))
-        self._schedule_refresh(token_expiry(self._reconnect.current_token))
+        self._refresher.schedule(token_expiry(self._reconnect.current_token))
 
     def _closed(self) -> None:
         self._ws, self.welcome = None, None
@@ -427,18 +398,12 @@ class Client:
             logger.warning("wshub client: %s", error)
         run_callback(self.on_error, error)
 
-    def _schedule_refresh(self, expires_at: float | None) -> None:
-        self._tasks.cancel("refresh")
-        if expires_at is None or self.get_token is None:
-            return
-        left = expires_at - time.time()
-        wait = max(1.0, min(left - self.refresh_margin, left / 2))
 
-        async def refresh_later() -> None:
-            await asyncio.sleep(wait)
-            try:
-                await self.refresh()
-            except ClientError as exc:
-                self._report(exc)
-
-        self._tasks.spawn(refresh_later(), "refresh")
+async def _connected_within(
+    wait: Callable[[], Awaitable[ClientConnection]], within: float
+) -> ClientConnection:
+    """The connection ``wait`` returns, within ``within`` seconds (else ``timeout``)."""
+    try:
+        return await asyncio.wait_for(wait(), within)
+    except TimeoutError:
+        raise ClientError("timeout", f"not connected within {within} s") from None

@@ -27,87 +27,12 @@ from wshub.client.models import (
     RecoveryHandler,
     run_callback,
 )
+from wshub.client.positions import ChannelPositions as ChannelPositions
 from wshub.client.reconnect import backoff_delay
+from wshub.client.recovery import SendRequest as SendRequest
+from wshub.client.recovery import apply_gap, read_pages
 
 logger = logging.getLogger("wshub.client")
-
-SendRequest = Callable[
-    [ClientConnection, dict[str, Any], Callable[[dict[str, Any]], None] | None],
-    Awaitable[dict[str, Any]],
-]
-
-
-@dataclasses.dataclass
-class _Position:
-    offset: int | None
-    epoch: str
-
-
-class ChannelPositions:
-    """The last offset delivered per channel and its epoch: dedupe and resubscribe fields."""
-
-    def __init__(self) -> None:
-        self.positions: dict[str, _Position] = {}
-
-    def set(self, channel: str, offset: int, epoch: str = "") -> None:
-        """Start ``channel`` at ``offset`` (a subscribe with ``since``)."""
-        self.positions[channel] = _Position(offset, epoch)
-
-    def discard(self, channel: str) -> None:
-        """Forget ``channel``."""
-        self.positions.pop(channel, None)
-
-    def resubscribe_fields(self, channel: str) -> dict[str, Any]:
-        """``since`` and ``epoch`` for a resubscribe; empty before a position is known."""
-        p = self.positions.get(channel)
-        if p is None or p.offset is None:
-            return {}
-        return {"since": p.offset, "epoch": p.epoch} if p.epoch else {"since": p.offset}
-
-    def accept(self, channel: str, offset: int | None) -> bool:
-        """Whether a message at ``offset`` is new (then it becomes the position)."""
-        if offset is None:
-            return True
-        p = self.positions.get(channel)
-        if p is None:
-            self.positions[channel] = _Position(offset, "")
-            return True
-        if p.offset is not None and offset <= p.offset:
-            return False
-        p.offset = offset
-        return True
-
-    def learn_epoch(self, channel: str, position: dict[str, Any]) -> None:
-        """Take the epoch of a position read after the messages delivered so far."""
-        p = self.positions.get(channel)
-        epoch, offset = position.get("epoch"), position.get("offset")
-        if p and not p.epoch and epoch and isinstance(offset, int) and offset >= (p.offset or 0):
-            p.epoch = epoch
-
-    def apply_subscribe(
-        self, channel: str, result: dict[str, Any], asked: bool
-    ) -> tuple[list[dict[str, Any]], bool | None]:
-        """Apply a subscribe reply.
-
-        Returns:
-            The recovered messages still to deliver (new ones, in order), and whether
-            recovery succeeded (None when it was not asked for).
-        """
-        offset = result.get("offset")
-        if not isinstance(offset, int):
-            self.positions.pop(channel, None)  # no history: nothing to track
-            return [], bool(result.get("recovered")) if asked else None
-        epoch = result.get("epoch") or ""
-        if asked and result.get("recovered"):
-            items = result.get("messages") or []
-            fresh = [m for m in items if self.accept(channel, m.get("offset"))]
-            p = self.positions.setdefault(channel, _Position(0, epoch))
-            # With "more", the rest up to `offset` is still to be read with `history`.
-            reached = offset if not result.get("more") else (p.offset or 0)
-            p.offset, p.epoch = max(p.offset or 0, reached), epoch
-            return fresh, True
-        self.positions[channel] = _Position(offset, epoch)
-        return [], False if asked else None
 
 
 class SubscriptionHost(Protocol):
@@ -344,16 +269,9 @@ class ChannelRegistry:
         ``Recovery(recovered=False)``: reload the channel's state from the application.
         """
         entry = self._channels.get(channel)
-        offset, epoch = frame.get("offset"), frame.get("epoch")
-        if entry is None or not isinstance(offset, int) or not isinstance(epoch, str):
+        recovery = None if entry is None else apply_gap(self._client.positions, channel, frame)
+        if entry is None or recovery is None:
             return
-        positions = self._client.positions
-        p = positions.positions.get(channel)
-        if p is not None and p.epoch == epoch and p.offset is not None and p.offset >= offset:
-            return  # we have everything up to there already
-        positions.set(channel, offset, epoch)
-        logger.info("wshub client: %s lost messages (gap); resync it", channel)
-        recovery = Recovery(channel, False, 0, offset, epoch)
         for sub in list(entry.subs):
             run_callback(sub.on_recover, recovery)
 
@@ -468,44 +386,27 @@ class ChannelRegistry:
         follow, duplicates dropped by offset. A gap (the history moved on, another
         epoch) or a failed read ends it as not recovered.
         """
-        positions = self._client.positions
-        target, epoch = int(result["offset"]), str(result.get("epoch") or "")
-        ok = True
-        try:
-            while True:
-                p = positions.positions.get(entry.name)
-                since = p.offset if p is not None and p.offset is not None else 0
-                if since >= target:
-                    break
-                frame = {"op": "history", "channel": entry.name, "since": since}
-                page = await self._send(ws, {**frame, "limit": target - since}, None)
-                if (
-                    self._channels.get(entry.name) is not entry
-                    or entry.sent_on is not ws
-                    or entry.held is None
-                ):
-                    return  # unsubscribed, or the connection ended: resubscribed later
-                items = page.get("messages") or []
-                first = items[0].get("offset") if items else None
-                if page.get("epoch") != epoch or (items and first != since + 1) or not items:
-                    ok = False  # lost meanwhile: too much published, expired, new epoch
-                    break
-                fresh = [m for m in items if positions.accept(entry.name, m.get("offset"))]
-                count += len(fresh)
-                self._deliver_recovered(entry, fresh)
-        except ClientError as exc:
-            if exc.code in ("disconnected", "closed"):
-                return  # recovered again on the next connection
-            self._report(exc)
-            ok = False
-        if (
-            self._channels.get(entry.name) is not entry
-            or entry.sent_on is not ws
-            or entry.held is None
-        ):
+
+        def current() -> bool:
+            return (
+                self._channels.get(entry.name) is entry
+                and entry.sent_on is ws
+                and entry.held is not None
+            )
+
+        outcome = await read_pages(
+            self._send,
+            ws,
+            entry.name,
+            result,
+            self._client.positions,
+            current=current,
+            deliver=lambda items: self._deliver_recovered(entry, items),
+            report=self._report,
+        )
+        if outcome is None or entry.held is None:
             return
-        if not ok:
-            positions.positions[entry.name] = _Position(target, epoch)
+        ok, count = outcome[0], count + outcome[1]
         # No await from here on: held live messages follow the recovered ones, in order.
         held, entry.held = entry.held, None
         self._recovery_done(entry, result, ok, count)
@@ -517,3 +418,12 @@ class ChannelRegistry:
         sub.result = result
         if not sub.ready.done():
             sub.ready.set_result(result)
+
+
+async def wait_subscribed(sub: Subscription, within: float) -> None:
+    """Wait ``within`` seconds for the reply to ``sub``'s subscribe; else unsubscribe, raise."""
+    try:
+        await asyncio.wait_for(asyncio.shield(sub.ready), within)
+    except TimeoutError:
+        await sub.unsubscribe()
+        raise ClientError("timeout", f"no subscribe reply for {sub.channel!r}") from None
