@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests.redis_support import missing_tool
 from tests.serving import RestartableServer
 from wshub.testing import TIME_SCALE
 
@@ -63,9 +64,7 @@ def browser() -> Iterator[Browser]:
     """
     problem = missing_browser()
     if problem is not None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(problem)
-        pytest.skip(problem)
+        missing_tool(problem)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

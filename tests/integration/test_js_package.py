@@ -9,13 +9,12 @@ skips with what to install, and fails under ``CI=true``.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import tarfile
 from pathlib import Path
 
-import pytest
+from tests.redis_support import missing_tool
 
 STATIC = Path(__file__).parents[2] / "src" / "wshub" / "static"
 
@@ -23,10 +22,7 @@ STATIC = Path(__file__).parents[2] / "src" / "wshub" / "static"
 def need(tool: str) -> str:
     path = shutil.which(tool)
     if path is None:
-        problem = f"{tool} not found: run `make browser-deps` (apt-get install nodejs npm)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(problem)
-        pytest.skip(problem)
+        missing_tool(f"{tool} not found: run `make browser-deps` (apt-get install nodejs npm)")
     return path
 
 

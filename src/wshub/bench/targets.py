@@ -53,81 +53,68 @@ def _uvicorn(app: str) -> tuple[str, ...]:
 _CHAT_PUBLISH = '{{"user":"b","text":"{seq}.{t} {pad}"}}'
 _CHAT_SAMPLE = re.compile(rb'"text":"(\d+)\.(\d+)')
 
+_IN_MEMORY: tuple[Target, ...] = (
+    Target(
+        name="wshub",
+        command=_uvicorn("wshub"),
+        path="/ws",
+        subscribe='{{"op":"subscribe","id":1,"channel":"{channel}"}}',
+        publish='{{"op":"publish","channel":"{channel}","data":{{"m":"{seq}.{t}","p":"{pad}"}}}}',
+        marker=b'"op":"message"',
+        sample=re.compile(rb'"m":"(\d+)\.(\d+)"'),
+        ready=b'"result"',
+        rooms=True,
+    ),
+    Target(
+        name="wshub-chat",
+        command=_uvicorn("wshub"),
+        path="/ws/chat",
+        subscribe=None,
+        publish=_CHAT_PUBLISH,
+        marker=b'"text":',
+        sample=_CHAT_SAMPLE,
+    ),
+    Target("seed", _uvicorn("seed"), "/ws/chat", None, _CHAT_PUBLISH, b'"text":', _CHAT_SAMPLE),
+    Target(
+        "seed-once",
+        _uvicorn("seed-once"),
+        "/ws/chat",
+        None,
+        _CHAT_PUBLISH,
+        b'"text":',
+        _CHAT_SAMPLE,
+    ),
+    Target(
+        name="socketio",
+        command=_uvicorn("socketio"),
+        path="/socket.io/?EIO=4&transport=websocket",
+        subscribe=None,
+        publish='42["publish",{{"m":"{seq}.{t}","p":"{pad}"}}]',
+        marker=b'42["message"',
+        sample=re.compile(rb'"m":"(\d+)\.(\d+)"'),
+        socketio=True,
+    ),
+    Target(
+        name="websockets",
+        command=_uvicorn("websockets"),
+        path="/",
+        subscribe=None,
+        publish='{{"m":"{seq}.{t}","p":"{pad}"}}',
+        marker=b'"m":',
+        sample=re.compile(rb'"m":"(\d+)\.(\d+)"'),
+    ),
+    Target("bare", _uvicorn("bare"), "/ws/chat", None, _CHAT_PUBLISH, b'"text":', _CHAT_SAMPLE),
+)
+
+
+def _on_redis(name: str, twin: Target, command: tuple[str, ...]) -> Target:
+    """``twin`` served on a throwaway Redis (the run starts it) instead of in process."""
+    return dataclasses.replace(twin, name=name, command=command, redis=True)
+
+
+_BY_NAME = {target.name: target for target in _IN_MEMORY}
 TARGETS: dict[str, Target] = {
-    target.name: target
-    for target in (
-        Target(
-            name="wshub",
-            command=_uvicorn("wshub"),
-            path="/ws",
-            subscribe='{{"op":"subscribe","id":1,"channel":"{channel}"}}',
-            publish='{{"op":"publish","channel":"{channel}","data":{{"m":"{seq}.{t}","p":"{pad}"}}}}',
-            marker=b'"op":"message"',
-            sample=re.compile(rb'"m":"(\d+)\.(\d+)"'),
-            ready=b'"result"',
-            rooms=True,
-        ),
-        Target(
-            name="wshub-redis",
-            command=_uvicorn("wshub"),
-            path="/ws",
-            subscribe='{{"op":"subscribe","id":1,"channel":"{channel}"}}',
-            publish='{{"op":"publish","channel":"{channel}","data":{{"m":"{seq}.{t}","p":"{pad}"}}}}',
-            marker=b'"op":"message"',
-            sample=re.compile(rb'"m":"(\d+)\.(\d+)"'),
-            ready=b'"result"',
-            rooms=True,
-            redis=True,
-        ),
-        Target(
-            name="wshub-chat",
-            command=_uvicorn("wshub"),
-            path="/ws/chat",
-            subscribe=None,
-            publish=_CHAT_PUBLISH,
-            marker=b'"text":',
-            sample=_CHAT_SAMPLE,
-        ),
-        Target("seed", _uvicorn("seed"), "/ws/chat", None, _CHAT_PUBLISH, b'"text":', _CHAT_SAMPLE),
-        Target(
-            "seed-once",
-            _uvicorn("seed-once"),
-            "/ws/chat",
-            None,
-            _CHAT_PUBLISH,
-            b'"text":',
-            _CHAT_SAMPLE,
-        ),
-        Target(
-            name="socketio",
-            command=_uvicorn("socketio"),
-            path="/socket.io/?EIO=4&transport=websocket",
-            subscribe=None,
-            publish='42["publish",{{"m":"{seq}.{t}","p":"{pad}"}}]',
-            marker=b'42["message"',
-            sample=re.compile(rb'"m":"(\d+)\.(\d+)"'),
-            socketio=True,
-        ),
-        Target(
-            name="socketio-redis",
-            command=_uvicorn("socketio-redis"),
-            path="/socket.io/?EIO=4&transport=websocket",
-            subscribe=None,
-            publish='42["publish",{{"m":"{seq}.{t}","p":"{pad}"}}]',
-            marker=b'42["message"',
-            sample=re.compile(rb'"m":"(\d+)\.(\d+)"'),
-            socketio=True,
-            redis=True,
-        ),
-        Target(
-            name="websockets",
-            command=_uvicorn("websockets"),
-            path="/",
-            subscribe=None,
-            publish='{{"m":"{seq}.{t}","p":"{pad}"}}',
-            marker=b'"m":',
-            sample=re.compile(rb'"m":"(\d+)\.(\d+)"'),
-        ),
-        Target("bare", _uvicorn("bare"), "/ws/chat", None, _CHAT_PUBLISH, b'"text":', _CHAT_SAMPLE),
-    )
+    **_BY_NAME,
+    "wshub-redis": _on_redis("wshub-redis", _BY_NAME["wshub"], _uvicorn("wshub")),
+    "socketio-redis": _on_redis("socketio-redis", _BY_NAME["socketio"], _uvicorn("socketio-redis")),
 }

@@ -309,19 +309,18 @@ class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionP
 
 def _sentinel(target: SentinelTarget, *, timeout: float) -> Sentinel:
     """An async Sentinel manager for ``target``: no retries, ``timeout`` everywhere."""
-    return Sentinel(
-        target.sentinels,
-        sentinel_kwargs={
-            "socket_timeout": timeout,
-            "socket_connect_timeout": timeout,
-            "retry": Retry(NoBackoff(), 0),
-            **target.sentinel_options(),
-        },
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
+    return Sentinel(target.sentinels, **_sentinel_options(target, timeout, Retry(NoBackoff(), 0)))
+
+
+def _sentinel_options(target: SentinelTarget, timeout: float, retry: object) -> dict[str, Any]:
+    """Keyword arguments of a Sentinel manager (sync or async): ``timeout`` everywhere,
+    ``retry`` (one that never retries) for the sentinels and for the master alike."""
+    common = {"socket_timeout": timeout, "socket_connect_timeout": timeout, "retry": retry}
+    return {
+        "sentinel_kwargs": {**common, **target.sentinel_options()},
+        **common,
         **target.master_options(),
-    )
+    }
 
 
 def new_pool(url: str, *, timeout: float, max_connections: int) -> Redis:
@@ -458,17 +457,7 @@ def sentinel_client_sync(url: str, *, timeout: float, client_name: str) -> redis
     """
     target = parse_sentinel_url(url)
     manager = redis.sentinel.Sentinel(
-        target.sentinels,
-        sentinel_kwargs={
-            "socket_timeout": timeout,
-            "socket_connect_timeout": timeout,
-            "retry": SyncRetry(NoBackoff(), 0),
-            **target.sentinel_options(),
-        },
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=SyncRetry(NoBackoff(), 0),
-        **target.master_options(),
+        target.sentinels, **_sentinel_options(target, timeout, SyncRetry(NoBackoff(), 0))
     )
     client: redis.Redis = manager.master_for(
         target.service, redis_class=redis.Redis, client_name=client_name
