@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from typing import IO
 
 import pytest
+import redis
 
 from tests.redis_support import ping, require_binary
 from wshub.testing import TIME_SCALE
@@ -143,11 +144,31 @@ class RedisClusterNodes:
         """The cluster node id of the node on ``port``."""
         return self.cli(port, "CLUSTER", "MYID").strip()
 
-    def move_slot(self, slot: int, to_port: int) -> None:
-        """Give an EMPTY ``slot`` to the node on ``to_port`` (CLUSTER SETSLOT ... NODE)."""
+    def move_slot(self, slot: int, to_port: int, within: float = 20.0) -> None:
+        """Give an EMPTY ``slot`` to the node on ``to_port`` (CLUSTER SETSLOT ... NODE), and
+        wait until every node names that owner: without a config epoch bump, gossip can
+        briefly turn a node's view back, so nodes that disagree are told again."""
         target = self.node_id(to_port)
-        for port in [to_port, *(p for p in self.ports if p != to_port)]:
-            self.cli(port, "CLUSTER", "SETSLOT", str(slot), "NODE", target)
+        deadline = time.monotonic() + within * TIME_SCALE
+        pending = [to_port, *(p for p in self.ports if p != to_port)]
+        while pending:
+            for port in pending:
+                self.cli(port, "CLUSTER", "SETSLOT", str(slot), "NODE", target)
+            time.sleep(0.1)
+            pending = [p for p in self.ports if self.owner_port(p, slot) != to_port]
+            if pending and time.monotonic() > deadline:
+                raise TimeoutError(f"nodes {pending} still disagree on slot {slot}'s owner")
+
+    def owner_port(self, port: int, slot: int) -> int | None:
+        """The port of the master that the node on ``port`` says owns ``slot``."""
+        client = redis.Redis(port=port, socket_timeout=5)
+        try:
+            for first, last, master, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                if int(first) <= slot <= int(last):
+                    return int(master[1])
+            return None
+        finally:
+            client.close()
 
     def log(self, port: int) -> str:
         """What the node on ``port`` logged so far."""
